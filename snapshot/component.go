@@ -1,0 +1,58 @@
+// Package snapshot defines stackport's snapshot format and the one data flow
+// that snapshot, restore, verify and export share: a component dumper
+// produces named streams, the pipeline compresses and checksums each one on
+// its way into an object store, and the manifest, written last, makes the
+// snapshot visible.
+//
+// Components (snapshot/volume, snapshot/mongo, …) implement Dumper and
+// Restorer against the small StreamWriter and StreamReader interfaces here;
+// they never see storage, compression or checksums.
+package snapshot
+
+import (
+	"context"
+	"io"
+)
+
+// Stats are a component's counters, recorded in the manifest (files, bytes,
+// documents, …). Keys are lower-case words joined by underscores.
+type Stats map[string]int64
+
+// Add adds v to the counter named key.
+func (s Stats) Add(key string, v int64) { s[key] += v }
+
+// A StreamWriter creates the named streams of one component.
+//
+// Create returns a writer for the stream called name (a slash-separated
+// relative path such as "volume.tar" or "appsmith/user.bson"). The caller
+// must Close it: Close commits the stream and returns any error of the
+// pipeline behind it. A stream that is not closed when the component's
+// Dump returns is aborted. Create may be called from several goroutines.
+type StreamWriter interface {
+	Create(name string) (io.WriteCloser, error)
+}
+
+// A StreamReader hands out the streams of one component in the order they
+// were written.
+//
+// Next returns the name and content of the next stream, or io.EOF when there
+// are no more. The caller must Close the content before calling Next again.
+// Reading the content to its end checks the stored size and checksum: a
+// mismatch is returned by Read as an error wrapping ErrCorrupt, never as
+// io.EOF.
+type StreamReader interface {
+	Next() (name string, r io.ReadCloser, err error)
+}
+
+// A Dumper writes one component of a snapshot as named streams. It must not
+// close out; it must close every stream it creates.
+type Dumper interface {
+	Dump(ctx context.Context, out StreamWriter) (Stats, error)
+}
+
+// A Restorer reads the streams a Dumper wrote, in the same order, and applies
+// them to a target. A Restorer used to verify a snapshot decodes the streams
+// fully and discards the result.
+type Restorer interface {
+	Restore(ctx context.Context, in StreamReader) (Stats, error)
+}
