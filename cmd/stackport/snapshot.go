@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/stackport/stackport/snapshot"
+	"github.com/stackport/stackport/snapshot/volume"
+)
+
+type snapshotOptions struct {
+	Volume         string
+	Exclude        []string
+	SkipUnreadable bool
+	Compression    string
+	Level          int
+	Tags           []string
+	Host           string
+}
+
+func newSnapshotCommand(g *globalOptions) *cobra.Command {
+	var opts snapshotOptions
+	cmd := &cobra.Command{
+		Use:   "snapshot --volume DIR [flags]",
+		Short: "Take a new snapshot and store it in the repository",
+		Long: `Take a new snapshot of the given components and store it in the repository.
+
+Each component is streamed through compression and a SHA-256 checksum straight
+into storage; nothing is staged on local disk. The snapshot becomes visible
+only when its manifest is written, after every object: a failed or interrupted
+run (SIGINT, SIGTERM) aborts its uploads, removes what it wrote and leaves
+earlier snapshots untouched.
+
+On success the new snapshot's ID is the only thing printed on stdout.`,
+		Example: `  # the Appsmith volume to S3, logs and backups left out
+  export AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=…
+  stackport snapshot --repo 's3://backups?region=eu-west-1&prefix=appsmith/' \
+    --volume /appsmith-stacks --exclude logs --exclude data/backup --tag env=prod
+
+  # to a local directory, gzip instead of zstd
+  stackport snapshot --repo file:///var/backups/stackport --volume /data --compression gzip`,
+		Args: wrapArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runSnapshot(cmd.Context(), g, opts)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&opts.Volume, "volume", "", "directory to snapshot (the persistent volume)")
+	f.StringArrayVar(&opts.Exclude, "exclude", nil, "leave out paths matching this pattern, relative to --volume or by base name (repeatable)")
+	f.BoolVar(&opts.SkipUnreadable, "skip-unreadable", false, "skip files that cannot be read, with a warning, instead of failing")
+	f.StringVar(&opts.Compression, "compression", "zstd", "zstd, gzip or none")
+	f.IntVar(&opts.Level, "level", 0, "compression level (zstd 1-22, gzip 1-9; 0 for the default)")
+	f.StringArrayVar(&opts.Tags, "tag", nil, "tag the snapshot with key=value (repeatable)")
+	f.StringVar(&opts.Host, "host", "", "host name to record (default: this machine's)")
+	return cmd
+}
+
+// snapshotResult is what snapshot prints with --json.
+type snapshotResult struct {
+	ID          string               `json:"id"`
+	StoredBytes int64                `json:"stored_bytes"`
+	RawBytes    int64                `json:"raw_bytes"`
+	Components  []snapshot.Component `json:"components"`
+}
+
+func runSnapshot(ctx context.Context, g *globalOptions, opts snapshotOptions) error {
+	log := g.logger()
+	if opts.Volume == "" {
+		return usageErrorf("snapshot: nothing to snapshot: give --volume DIR")
+	}
+	comp, err := snapshot.ParseCompression(opts.Compression)
+	if err != nil {
+		return usageError{fmt.Errorf("snapshot: %w", err)}
+	}
+	if err := comp.CheckLevel(opts.Level); err != nil {
+		return usageError{fmt.Errorf("snapshot: %w", err)}
+	}
+	tags, err := parseTags(opts.Tags)
+	if err != nil {
+		return err
+	}
+	if fi, err := os.Stat(opts.Volume); err != nil {
+		return fmt.Errorf("snapshot: volume: %w", err)
+	} else if !fi.IsDir() {
+		return fmt.Errorf("snapshot: volume: %s is not a directory", opts.Volume)
+	}
+	host := opts.Host
+	if host == "" {
+		host, _ = os.Hostname()
+	}
+
+	repo, err := openRepo(ctx, g, true)
+	if err != nil {
+		return err
+	}
+	defer repo.Close()
+
+	vol := &volume.Dumper{Dir: opts.Volume, Exclude: opts.Exclude, SkipUnreadable: opts.SkipUnreadable, Log: log}
+	var total int64
+	if g.tty {
+		total, _ = vol.Size(ctx)
+	}
+	bar := startProgress(g, "snapshot", total)
+	defer bar.Stop()
+
+	w, err := snapshot.NewWriter(ctx, repo, snapshot.Options{
+		Compression: comp, Level: opts.Level, Host: host, Version: version(), Tags: tags,
+		Progress: bar.Add,
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("snapshot started", "id", w.ID(), "repo", repo.Name())
+
+	err = w.Add("volume", vol)
+	var m *snapshot.Manifest
+	if err == nil {
+		m, err = w.Commit()
+	}
+	bar.Stop()
+	if err != nil {
+		if aerr := w.Abort(); aerr != nil {
+			log.Warn("could not remove the failed snapshot's objects; they have no manifest and are ignored", "id", w.ID(), "err", aerr)
+		}
+		return fmt.Errorf("snapshot %s failed, nothing was committed: %w", w.ID(), err)
+	}
+	for _, c := range m.Components {
+		args := []any{"component", c.Kind}
+		for k, v := range c.Stats {
+			args = append(args, k, v)
+		}
+		log.Info("component stored", args...)
+		if c.Stats["changed"] > 0 || c.Stats["unreadable"] > 0 || c.Stats["vanished"] > 0 {
+			log.Warn("some files changed or could not be read during the snapshot; see the warnings above", "component", c.Kind)
+		}
+	}
+	log.Info("snapshot committed", "id", m.ID, "stored", humanBytes(m.StoredSize()), "raw", humanBytes(m.RawSize()))
+	if g.JSON {
+		return printJSON(g, snapshotResult{ID: m.ID, StoredBytes: m.StoredSize(), RawBytes: m.RawSize(), Components: m.Components})
+	}
+	_, err = fmt.Fprintln(g.stdout, m.ID)
+	return err
+}

@@ -1,0 +1,333 @@
+package snapshot
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"sync"
+	"time"
+)
+
+// Options control how a snapshot is written.
+type Options struct {
+	Compression Compression // default Zstd
+	Level       int         // 0: the compression's default
+	// Concurrency bounds each zstd encoder's goroutines (0: GOMAXPROCS).
+	Concurrency int
+	Host        string
+	Version     string // stackport's version
+	Tags        map[string]string
+	// Progress, when set, is called with the number of raw bytes each
+	// time a component writes. It must be safe for concurrent use.
+	Progress func(n int64)
+	// Now is the creation time (default time.Now); tests set it.
+	Now func() time.Time
+}
+
+// Writer creates one snapshot. Add components, then Commit; on any error
+// Abort. Until Commit writes the manifest, the snapshot does not exist.
+type Writer struct {
+	store  Store
+	opts   Options
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	m         Manifest
+	open      map[*objectWriter]struct{}
+	committed bool
+}
+
+// NewWriter starts a snapshot in store. ctx bounds the whole snapshot:
+// cancelling it aborts every upload in flight.
+func NewWriter(ctx context.Context, store Store, opts Options) (*Writer, error) {
+	if opts.Compression == "" {
+		opts.Compression = Zstd
+	}
+	if _, err := ParseCompression(string(opts.Compression)); err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	if err := opts.Compression.CheckLevel(opts.Level); err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	now := opts.Now().UTC()
+	ctx, cancel := context.WithCancel(ctx)
+	return &Writer{
+		store: store, opts: opts, ctx: ctx, cancel: cancel,
+		open: map[*objectWriter]struct{}{},
+		m: Manifest{
+			Version:   FormatVersion,
+			ID:        NewID(now),
+			Created:   now.Truncate(time.Second),
+			Host:      opts.Host,
+			Stackport: opts.Version,
+			Tags:      opts.Tags,
+		},
+	}, nil
+}
+
+// ID is the new snapshot's ID.
+func (w *Writer) ID() string { return w.m.ID }
+
+// Add dumps one component into the snapshot. Components may be added
+// concurrently; each kind once.
+func (w *Writer) Add(kind string, d Dumper) error {
+	if !kindPattern.MatchString(kind) {
+		return fmt.Errorf("snapshot: invalid component kind %q", kind)
+	}
+	w.mu.Lock()
+	if w.m.Component(kind) != nil {
+		w.mu.Unlock()
+		return fmt.Errorf("snapshot: component %s added twice", kind)
+	}
+	w.m.Components = append(w.m.Components, Component{
+		Kind: kind, Compression: string(w.opts.Compression), Encryption: "none", Objects: []Object{},
+	})
+	w.mu.Unlock()
+
+	cw := &componentWriter{w: w, kind: kind}
+	stats, err := d.Dump(w.ctx, cw)
+	if err == nil {
+		err = w.ctx.Err()
+	}
+	if leaked := w.openObjects(kind); len(leaked) > 0 {
+		for _, o := range leaked {
+			o.abort()
+		}
+		if err == nil {
+			err = fmt.Errorf("snapshot: component %s returned with %d streams still open", kind, len(leaked))
+		}
+	}
+	if err != nil {
+		return err
+	}
+	w.mu.Lock()
+	w.m.Component(kind).Stats = stats
+	w.mu.Unlock()
+	return nil
+}
+
+// openObjects returns the streams still open, of one kind or of all ("").
+func (w *Writer) openObjects(kind string) []*objectWriter {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var open []*objectWriter
+	for o := range w.open {
+		if kind == "" || o.kind == kind {
+			open = append(open, o)
+		}
+	}
+	return open
+}
+
+// Commit writes the manifest, which makes the snapshot visible, and returns
+// it. It fails if a component is still writing.
+func (w *Writer) Commit() (*Manifest, error) {
+	open := len(w.openObjects(""))
+	w.mu.Lock()
+	m := w.m
+	w.mu.Unlock()
+	if open > 0 {
+		return nil, fmt.Errorf("snapshot: commit with %d streams still open", open)
+	}
+	if len(m.Components) == 0 {
+		return nil, errors.New("snapshot: nothing to snapshot")
+	}
+	if err := w.ctx.Err(); err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	data, err := m.Encode()
+	if err != nil {
+		return nil, err
+	}
+	if err := writeObject(w.ctx, w.store, m.ID, ManifestName, data); err != nil {
+		return nil, fmt.Errorf("snapshot %s: write manifest: %w", m.ID, err)
+	}
+	w.mu.Lock()
+	w.committed = true
+	w.mu.Unlock()
+	w.cancel()
+	return &m, nil
+}
+
+// Abort cancels every upload in flight and removes the objects already
+// written for this snapshot (best effort: objects left behind have no
+// manifest, so they are not a snapshot). Call it after every Add has
+// returned. It is a no-op after Commit.
+func (w *Writer) Abort() error {
+	w.cancel()
+	w.mu.Lock()
+	committed := w.committed
+	w.mu.Unlock()
+	if committed {
+		return nil
+	}
+	for _, o := range w.openObjects("") {
+		o.abort()
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(w.ctx), 2*time.Minute)
+	defer cancel()
+	if err := w.store.Delete(ctx, w.m.ID); err != nil {
+		return fmt.Errorf("snapshot %s: remove partial objects: %w", w.m.ID, err)
+	}
+	return nil
+}
+
+// writeObject stores data as one object, aborting the upload on error.
+func writeObject(ctx context.Context, store Store, id, key string, data []byte) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	bw, err := store.NewWriter(ctx, id, key)
+	if err != nil {
+		return err
+	}
+	if _, err := bw.Write(data); err != nil {
+		cancel()
+		_ = bw.Close()
+		return err
+	}
+	return bw.Close()
+}
+
+// componentWriter is the StreamWriter handed to one component's Dumper.
+type componentWriter struct {
+	w    *Writer
+	kind string
+}
+
+func (cw *componentWriter) Create(name string) (io.WriteCloser, error) {
+	w := cw.w
+	if !validKey(name) {
+		return nil, fmt.Errorf("snapshot: component %s: invalid stream name %q", cw.kind, name)
+	}
+	key := cw.kind + "/" + name + w.opts.Compression.Ext()
+	if err := w.ctx.Err(); err != nil {
+		return nil, fmt.Errorf("snapshot: %s: %w", key, err)
+	}
+	w.mu.Lock()
+	c := w.m.Component(cw.kind)
+	for _, o := range c.Objects {
+		if o.Key == key {
+			w.mu.Unlock()
+			return nil, fmt.Errorf("snapshot: stream %s created twice", key)
+		}
+	}
+	slot := len(c.Objects)
+	c.Objects = append(c.Objects, Object{Key: key, Name: name})
+	w.mu.Unlock()
+
+	ctx, cancel := context.WithCancel(w.ctx)
+	bw, err := w.store.NewWriter(ctx, w.m.ID, key)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("snapshot: %s: %w", key, err)
+	}
+	o := &objectWriter{w: w, kind: cw.kind, slot: slot, key: key, name: name, cancel: cancel, blob: bw}
+	o.sink = &hashCounter{w: bw, h: sha256.New()}
+	o.enc, err = w.opts.Compression.newEncoder(o.sink, w.opts.Level, w.opts.Concurrency)
+	if err != nil {
+		o.abort()
+		return nil, fmt.Errorf("snapshot: %s: %w", key, err)
+	}
+	w.mu.Lock()
+	w.open[o] = struct{}{}
+	w.mu.Unlock()
+	return o, nil
+}
+
+// objectWriter is one stream: compressor → checksum → blob writer.
+type objectWriter struct {
+	w          *Writer
+	kind, key  string
+	name       string
+	slot       int
+	cancel     context.CancelFunc
+	blob       io.WriteCloser
+	sink       *hashCounter
+	enc        io.WriteCloser
+	raw        int64
+	closeOnce  sync.Once
+	closeError error
+}
+
+func (o *objectWriter) Write(p []byte) (int, error) {
+	if err := o.w.ctx.Err(); err != nil {
+		return 0, fmt.Errorf("snapshot: %s: %w", o.key, err)
+	}
+	n, err := o.enc.Write(p)
+	o.raw += int64(n)
+	if o.w.opts.Progress != nil && n > 0 {
+		o.w.opts.Progress(int64(n))
+	}
+	if err != nil {
+		return n, fmt.Errorf("snapshot: %s: %w", o.key, err)
+	}
+	return n, nil
+}
+
+// Close flushes the compressor and commits the object.
+func (o *objectWriter) Close() error {
+	o.closeOnce.Do(func() {
+		err := o.enc.Close()
+		if err == nil {
+			err = o.w.ctx.Err()
+		}
+		if err != nil {
+			o.cancel()
+		}
+		if cerr := o.blob.Close(); err == nil {
+			err = cerr
+		}
+		o.cancel()
+		o.w.mu.Lock()
+		delete(o.w.open, o)
+		if err == nil {
+			c := o.w.m.Component(o.kind)
+			c.Objects[o.slot] = Object{
+				Key: o.key, Name: o.name, Size: o.sink.n, RawSize: o.raw,
+				SHA256: hex.EncodeToString(o.sink.h.Sum(nil)),
+			}
+		}
+		o.w.mu.Unlock()
+		if err != nil {
+			o.closeError = fmt.Errorf("snapshot: %s: %w", o.key, err)
+		}
+	})
+	return o.closeError
+}
+
+// abort cancels the upload so that nothing is committed, then releases it.
+func (o *objectWriter) abort() {
+	o.closeOnce.Do(func() {
+		o.cancel()
+		if o.enc != nil {
+			_ = o.enc.Close()
+		}
+		_ = o.blob.Close()
+		o.w.mu.Lock()
+		delete(o.w.open, o)
+		o.w.mu.Unlock()
+		o.closeError = fmt.Errorf("snapshot: %s: aborted", o.key)
+	})
+}
+
+// hashCounter passes writes through, hashing and counting them.
+type hashCounter struct {
+	w io.Writer
+	h hash.Hash
+	n int64
+}
+
+func (hc *hashCounter) Write(p []byte) (int, error) {
+	n, err := hc.w.Write(p)
+	hc.h.Write(p[:n])
+	hc.n += int64(n)
+	return n, err
+}

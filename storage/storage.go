@@ -1,0 +1,313 @@
+// Package storage is a thin layer over gocloud's *blob.Bucket: it opens a
+// repository by URL (file://, mem://, s3://, gs://, azblob://, each with an
+// optional prefix=), knows the repository layout (snapshots/<ID>/<key>, the
+// manifest's place) and lists snapshots. It knows nothing of components.
+//
+// Credentials come from each cloud's standard environment and configuration
+// chain; they are never part of an error message: errors name the repository
+// by Redact(url).
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"gocloud.dev/blob"
+	_ "gocloud.dev/blob/azureblob" // azblob://
+	_ "gocloud.dev/blob/fileblob"  // file://
+	_ "gocloud.dev/blob/gcsblob"   // gs://
+	_ "gocloud.dev/blob/memblob"   // mem://
+	_ "gocloud.dev/blob/s3blob"    // s3://
+	"gocloud.dev/gcerrors"
+	"golang.org/x/sync/errgroup"
+)
+
+// Layout of a repository.
+const (
+	snapshotsDir = "snapshots/"
+	manifestName = "manifest.json"
+)
+
+// Repo is a snapshot repository in a bucket.
+type Repo struct {
+	bucket *blob.Bucket
+	name   string // the redacted URL, for messages
+}
+
+// Options control Open.
+type Options struct {
+	// Create makes a missing file:// directory instead of failing.
+	Create bool
+	// CheckTimeout bounds the first request that proves the repository is
+	// reachable (default 30s).
+	CheckTimeout time.Duration
+}
+
+// Open opens the repository at rawURL and checks that it can be reached, so a
+// missing bucket, bad credentials or an unreachable endpoint fail here with
+// one line naming the repository and the cause.
+func Open(ctx context.Context, rawURL string, opts Options) (*Repo, error) {
+	name := Redact(rawURL)
+	if rawURL == "" {
+		return nil, errors.New("storage: no repository given (use --repo or STACKPORT_REPO)")
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Scheme == "" {
+		return nil, fmt.Errorf("storage: repository %s: not a URL (want file:///path, s3://bucket, gs://bucket, azblob://container or mem://)", name)
+	}
+	if u.Scheme == "file" {
+		if err := prepareDir(u, opts.Create); err != nil {
+			return nil, fmt.Errorf("storage: repository %s: %w", name, err)
+		}
+	}
+	b, err := blob.OpenBucket(ctx, rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("storage: repository %s: %s", name, oneLine(err))
+	}
+	r := &Repo{bucket: b, name: name}
+	if opts.CheckTimeout == 0 {
+		opts.CheckTimeout = 30 * time.Second
+	}
+	cctx, cancel := context.WithTimeout(ctx, opts.CheckTimeout)
+	defer cancel()
+	// A List call needs read access and distinguishes a missing bucket
+	// from missing objects, unlike a read of one object.
+	if _, _, err := b.ListPage(cctx, blob.FirstPageToken, 1, &blob.ListOptions{Prefix: snapshotsDir, Delimiter: "/"}); err != nil {
+		b.Close()
+		return nil, r.wrap("", err)
+	}
+	return r, nil
+}
+
+// prepareDir checks (or makes) the directory of a file:// repository.
+func prepareDir(u *url.URL, create bool) error {
+	dir := u.Path
+	if dir == "" {
+		return errors.New("file:// URL without a path")
+	}
+	if fi, err := os.Stat(dir); err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("%s is not a directory", dir)
+		}
+		return nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if !create {
+		return fmt.Errorf("directory %s does not exist", dir)
+	}
+	return os.MkdirAll(dir, 0o700)
+}
+
+// Name is the repository's URL without secrets.
+func (r *Repo) Name() string { return r.name }
+
+// Bucket gives access to the underlying bucket (tests, maintenance).
+func (r *Repo) Bucket() *blob.Bucket { return r.bucket }
+
+// Close releases the bucket.
+func (r *Repo) Close() error { return r.bucket.Close() }
+
+func objectKey(id, key string) string { return snapshotsDir + id + "/" + key }
+
+// NewWriter returns a writer for object key of snapshot id. The object is
+// committed by Close; cancelling ctx before Close aborts it.
+func (r *Repo) NewWriter(ctx context.Context, id, key string) (io.WriteCloser, error) {
+	k := objectKey(id, key)
+	w, err := r.bucket.NewWriter(ctx, k, &blob.WriterOptions{ContentType: "application/octet-stream"})
+	if err != nil {
+		return nil, r.wrap(k, err)
+	}
+	return &writer{w: w, r: r, key: k}, nil
+}
+
+type writer struct {
+	w   *blob.Writer
+	r   *Repo
+	key string
+}
+
+func (w *writer) Write(p []byte) (int, error) {
+	n, err := w.w.Write(p)
+	if err != nil {
+		err = w.r.wrap(w.key, err)
+	}
+	return n, err
+}
+
+func (w *writer) Close() error {
+	if err := w.w.Close(); err != nil {
+		return w.r.wrap(w.key, err)
+	}
+	return nil
+}
+
+// NewReader opens object key of snapshot id. A missing object gives an error
+// wrapping fs.ErrNotExist.
+func (r *Repo) NewReader(ctx context.Context, id, key string) (io.ReadCloser, error) {
+	k := objectKey(id, key)
+	rd, err := r.bucket.NewReader(ctx, k, nil)
+	if err != nil {
+		return nil, r.wrap(k, err)
+	}
+	return &reader{rd: rd, r: r, key: k}, nil
+}
+
+type reader struct {
+	rd  *blob.Reader
+	r   *Repo
+	key string
+}
+
+func (rd *reader) Read(p []byte) (int, error) {
+	n, err := rd.rd.Read(p)
+	if err != nil && err != io.EOF {
+		err = rd.r.wrap(rd.key, err)
+	}
+	return n, err
+}
+
+func (rd *reader) Close() error { return rd.rd.Close() }
+
+// List returns the IDs of the snapshots that have a manifest, sorted oldest
+// first. Folders without a manifest (runs in progress or failed) are left
+// out.
+func (r *Repo) List(ctx context.Context) ([]string, error) {
+	var ids []string
+	it := r.bucket.List(&blob.ListOptions{Prefix: snapshotsDir, Delimiter: "/"})
+	for {
+		obj, err := it.Next(ctx)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, r.wrap(snapshotsDir, err)
+		}
+		if obj.IsDir {
+			ids = append(ids, strings.TrimSuffix(strings.TrimPrefix(obj.Key, snapshotsDir), "/"))
+		}
+	}
+	has := make([]bool, len(ids))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i, id := range ids {
+		g.Go(func() error {
+			ok, err := r.bucket.Exists(gctx, objectKey(id, manifestName))
+			if err != nil {
+				return r.wrap(objectKey(id, manifestName), err)
+			}
+			has[i] = ok
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	var out []string
+	for i, id := range ids {
+		if has[i] {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// Delete removes every object of snapshot id, the manifest first so that the
+// snapshot disappears before its data does.
+func (r *Repo) Delete(ctx context.Context, id string) error {
+	if id == "" || strings.Contains(id, "/") {
+		return fmt.Errorf("storage: repository %s: invalid snapshot id %q", r.name, id)
+	}
+	if err := r.bucket.Delete(ctx, objectKey(id, manifestName)); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+		return r.wrap(objectKey(id, manifestName), err)
+	}
+	it := r.bucket.List(&blob.ListOptions{Prefix: snapshotsDir + id + "/"})
+	var errs []error
+	for {
+		obj, err := it.Next(ctx)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return r.wrap(snapshotsDir+id+"/", err)
+		}
+		if err := r.bucket.Delete(ctx, obj.Key); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+			errs = append(errs, r.wrap(obj.Key, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// wrap turns a gocloud error into one line naming the repository, the object
+// (if any) and the cause, classified by gcerrors.Code. Not-found errors wrap
+// fs.ErrNotExist.
+func (r *Repo) wrap(key string, err error) error {
+	where := "repository " + r.name
+	if key != "" {
+		where += ": " + key
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("storage: %s: no answer in time (is the endpoint reachable?): %s", where, oneLine(err))
+	}
+	if errors.Is(err, context.Canceled) {
+		return fmt.Errorf("storage: %s: %w", where, context.Canceled)
+	}
+	switch gcerrors.Code(err) {
+	case gcerrors.NotFound:
+		if key == "" || key == snapshotsDir {
+			return fmt.Errorf("storage: %s: bucket or container does not exist: %w", where, fs.ErrNotExist)
+		}
+		return fmt.Errorf("storage: %s: not found: %w", where, fs.ErrNotExist)
+	case gcerrors.PermissionDenied:
+		return fmt.Errorf("storage: %s: access denied (check the credentials): %s", where, oneLine(err))
+	}
+	return fmt.Errorf("storage: %s: %s", where, oneLine(err))
+}
+
+// oneLine shortens a driver error to its first line, without request IDs
+// and response dumps.
+func oneLine(err error) string {
+	s := err.Error()
+	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
+		s = s[:i]
+	}
+	if len(s) > 300 {
+		s = s[:300] + "…"
+	}
+	return s
+}
+
+// secretParams are query parameters whose values are never shown.
+var secretParams = []string{"key", "secret", "token", "password", "sig", "credential", "signature"}
+
+// Redact returns rawURL without user info and with secret-looking query
+// values replaced, for messages and logs.
+func Redact(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "<unparsable URL>"
+	}
+	if u.User != nil {
+		u.User = url.User("REDACTED")
+	}
+	q := u.Query()
+	for name := range q {
+		lower := strings.ToLower(name)
+		for _, s := range secretParams {
+			if strings.Contains(lower, s) {
+				q.Set(name, "REDACTED")
+			}
+		}
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
+}
