@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/url"
 	"os"
 	"slices"
@@ -120,32 +121,53 @@ func objectKey(id, key string) string { return snapshotsDir + id + "/" + key }
 
 // NewWriter returns a writer for object key of snapshot id. The object is
 // committed by Close; cancelling ctx before Close aborts it.
+//
+// The bytes go through an io.Pipe into one Bucket.Upload call, the single
+// write that every driver supports best. (It also avoids gocloud v0.47's
+// azureblob writer, which dereferences a nil pipe when an upload written
+// with Write fails.)
 func (r *Repo) NewWriter(ctx context.Context, id, key string) (io.WriteCloser, error) {
 	k := objectKey(id, key)
-	w, err := r.bucket.NewWriter(ctx, k, &blob.WriterOptions{ContentType: "application/octet-stream"})
-	if err != nil {
-		return nil, r.wrap(k, err)
-	}
-	return &writer{w: w, r: r, key: k}, nil
+	pr, pw := io.Pipe()
+	w := &writer{ctx: ctx, pw: pw, r: r, key: k, done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		w.err = r.bucket.Upload(ctx, k, pr, &blob.WriterOptions{ContentType: "application/octet-stream"})
+		if w.err == nil && ctx.Err() != nil {
+			w.err = ctx.Err()
+		}
+		if w.err != nil {
+			pr.CloseWithError(r.wrap(k, w.err))
+		} else {
+			pr.Close()
+		}
+	}()
+	return w, nil
 }
 
 type writer struct {
-	w   *blob.Writer
-	r   *Repo
-	key string
+	ctx  context.Context
+	pw   *io.PipeWriter
+	r    *Repo
+	key  string
+	done chan struct{}
+	err  error // of the upload; read after done is closed
 }
 
-func (w *writer) Write(p []byte) (int, error) {
-	n, err := w.w.Write(p)
-	if err != nil {
-		err = w.r.wrap(w.key, err)
-	}
-	return n, err
-}
+func (w *writer) Write(p []byte) (int, error) { return w.pw.Write(p) }
 
+// Close ends the stream and waits for the upload. After ctx was cancelled the
+// reader sees an error instead of the end of the data, so no driver can
+// mistake an aborted upload for a complete one.
 func (w *writer) Close() error {
-	if err := w.w.Close(); err != nil {
-		return w.r.wrap(w.key, err)
+	if err := w.ctx.Err(); err != nil {
+		w.pw.CloseWithError(err)
+	} else {
+		w.pw.Close()
+	}
+	<-w.done
+	if w.err != nil {
+		return w.r.wrap(w.key, w.err)
 	}
 	return nil
 }
@@ -261,22 +283,51 @@ func (r *Repo) wrap(key string, err error) error {
 	if errors.Is(err, context.Canceled) {
 		return fmt.Errorf("storage: %s: %w", where, context.Canceled)
 	}
-	switch gcerrors.Code(err) {
-	case gcerrors.NotFound:
-		if key == "" || key == snapshotsDir {
-			return fmt.Errorf("storage: %s: bucket or container does not exist: %w", where, fs.ErrNotExist)
+	code := gcerrors.Code(err)
+	// Some drivers leave HTTP failures as Unknown (s3blob does for a 403
+	// SignatureDoesNotMatch); the status code still tells what happened.
+	var status interface{ HTTPStatusCode() int }
+	if code == gcerrors.Unknown && errors.As(err, &status) {
+		switch status.HTTPStatusCode() {
+		case 401, 403:
+			code = gcerrors.PermissionDenied
+		case 404:
+			code = gcerrors.NotFound
 		}
-		return fmt.Errorf("storage: %s: not found: %w", where, fs.ErrNotExist)
-	case gcerrors.PermissionDenied:
+	}
+	var netErr *net.OpError
+	switch {
+	case code == gcerrors.NotFound && (key == "" || key == snapshotsDir):
+		return fmt.Errorf("storage: %s: %w", where, notExist("bucket or container does not exist"))
+	case code == gcerrors.NotFound:
+		return fmt.Errorf("storage: %s: %w", where, notExist("not found"))
+	case code == gcerrors.PermissionDenied:
 		return fmt.Errorf("storage: %s: access denied (check the credentials): %s", where, oneLine(err))
+	case errors.As(err, &netErr):
+		return fmt.Errorf("storage: %s: cannot reach the endpoint: %s", where, oneLine(netErr))
 	}
 	return fmt.Errorf("storage: %s: %s", where, oneLine(err))
 }
 
-// oneLine shortens a driver error to its first line, without request IDs
-// and response dumps.
+// notExist is a not-found error with its own words that matches
+// fs.ErrNotExist.
+type notExist string
+
+func (e notExist) Error() string        { return string(e) }
+func (e notExist) Is(target error) bool { return target == fs.ErrNotExist }
+
+// oneLine shortens a driver error to one line: the service's own error code
+// and message when there is one (without request IDs and response dumps),
+// else the first line of the error.
 func oneLine(err error) string {
+	var api interface {
+		ErrorCode() string
+		ErrorMessage() string
+	}
 	s := err.Error()
+	if errors.As(err, &api) && api.ErrorCode() != "" {
+		s = api.ErrorCode() + ": " + api.ErrorMessage()
+	}
 	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
 		s = s[:i]
 	}
