@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"slices"
+	"strings"
 )
 
 // Store keeps the objects of a repository's snapshots. *storage.Repo
@@ -34,19 +35,45 @@ const Latest = "latest"
 // "latest". A snapshot without a manifest does not exist: the error wraps
 // ErrNotFound.
 func Load(ctx context.Context, store Store, ref string) (*Manifest, error) {
-	id := ref
 	if ref == Latest || ref == "" {
-		ids, err := store.List(ctx)
+		return latest(ctx, store)
+	}
+	if !ValidID(ref) {
+		return nil, fmt.Errorf("snapshot: %q is not a snapshot ID (want an ID such as 20261125T210000Z-3f9a1c, or latest)", ref)
+	}
+	return load(ctx, store, ref)
+}
+
+// latest loads the newest snapshot. IDs sort by time to the second; among
+// snapshots of the same second the manifests' creation times decide.
+func latest(ctx context.Context, store Store) (*Manifest, error) {
+	all, err := store.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ids := slices.DeleteFunc(all, func(id string) bool { return !ValidID(id) })
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("snapshot: no snapshots in the repository: %w", ErrNotFound)
+	}
+	newest := slices.Max(ids)
+	second, _, _ := strings.Cut(newest, "-")
+	var best *Manifest
+	for _, id := range ids {
+		if !strings.HasPrefix(id, second+"-") {
+			continue
+		}
+		m, err := load(ctx, store, id)
 		if err != nil {
 			return nil, err
 		}
-		if len(ids) == 0 {
-			return nil, fmt.Errorf("snapshot: no snapshots in the repository: %w", ErrNotFound)
+		if best == nil || m.Created.After(best.Created) {
+			best = m
 		}
-		id = slices.Max(ids)
-	} else if !ValidID(ref) {
-		return nil, fmt.Errorf("snapshot: %q is not a snapshot ID (want an ID such as 20261125T210000Z-3f9a1c, or latest)", ref)
 	}
+	return best, nil
+}
+
+func load(ctx context.Context, store Store, id string) (*Manifest, error) {
 	r, err := store.NewReader(ctx, id, ManifestName)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("snapshot %s: %w", id, ErrNotFound)

@@ -65,7 +65,7 @@ func NewWriter(ctx context.Context, store Store, opts Options) (*Writer, error) 
 		m: Manifest{
 			Version:   FormatVersion,
 			ID:        NewID(now),
-			Created:   now.Truncate(time.Second),
+			Created:   now,
 			Host:      opts.Host,
 			Stackport: opts.Version,
 			Tags:      opts.Tags,

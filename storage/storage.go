@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -41,6 +42,9 @@ const (
 type Repo struct {
 	bucket *blob.Bucket
 	name   string // the redacted URL, for messages
+	// dir is the folder of a file:// repository (with its prefix), whose
+	// emptied snapshot folders Delete removes; "" for other schemes.
+	dir string
 }
 
 // Options control Open.
@@ -74,6 +78,9 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Repo, error) {
 		return nil, fmt.Errorf("storage: repository %s: %s", name, oneLine(err))
 	}
 	r := &Repo{bucket: b, name: name}
+	if u.Scheme == "file" {
+		r.dir = filepath.Join(u.Path, filepath.FromSlash(u.Query().Get("prefix")))
+	}
 	if opts.CheckTimeout == 0 {
 		opts.CheckTimeout = 30 * time.Second
 	}
@@ -266,7 +273,25 @@ func (r *Repo) Delete(ctx context.Context, id string) error {
 			errs = append(errs, r.wrap(obj.Key, err))
 		}
 	}
+	if r.dir != "" && len(errs) == 0 {
+		removeEmptyDirs(filepath.Join(r.dir, "snapshots", id))
+	}
 	return errors.Join(errs...)
+}
+
+// removeEmptyDirs removes dir and the folders under it that hold no files,
+// deepest first; fileblob leaves them behind when it deletes objects.
+func removeEmptyDirs(dir string) {
+	var dirs []string
+	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			dirs = append(dirs, path)
+		}
+		return nil
+	})
+	for i := len(dirs) - 1; i >= 0; i-- {
+		os.Remove(dirs[i]) // fails, as it should, when not empty
+	}
 }
 
 // wrap turns a gocloud error into one line naming the repository, the object

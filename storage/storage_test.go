@@ -198,8 +198,8 @@ func TestOpenErrors(t *testing.T) {
 
 func TestRedact(t *testing.T) {
 	for in, want := range map[string]string{
-		"s3://b?region=x&prefix=p/":                        "s3://b?prefix=p%2F&region=x",
-		"azblob://c?sig=SECRET&sv=2020":                    "azblob://c?sig=REDACTED&sv=2020",
+		"s3://b?region=x&prefix=p/":                         "s3://b?prefix=p%2F&region=x",
+		"azblob://c?sig=SECRET&sv=2020":                     "azblob://c?sig=REDACTED&sv=2020",
 		"s3://user:pass@b?endpoint=http://h:1&access_key=A": "s3://REDACTED@b?access_key=REDACTED&endpoint=http%3A%2F%2Fh%3A1",
 	} {
 		if got := storage.Redact(in); got != want {

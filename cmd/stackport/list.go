@@ -78,6 +78,15 @@ func runList(ctx context.Context, g *globalOptions) error {
 	if err := grp.Wait(); err != nil {
 		return err
 	}
+	// Oldest first; snapshots of the same second by their creation time.
+	slices.SortStableFunc(entries, func(a, b listEntry) int {
+		as, _, _ := strings.Cut(a.ID, "-")
+		bs, _, _ := strings.Cut(b.ID, "-")
+		if c := strings.Compare(as, bs); c != 0 {
+			return c
+		}
+		return a.Created.Compare(b.Created)
+	})
 	if g.JSON {
 		return printJSON(g, entries)
 	}

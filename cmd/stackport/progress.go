@@ -58,7 +58,12 @@ func startProgress(g *globalOptions, label string, total int64) *progress {
 }
 
 // Add records n more bytes of work. It is safe for concurrent use.
-func (p *progress) Add(n int64) { p.done.Add(n) }
+func (p *progress) Add(n int64) {
+	done := p.done.Add(n)
+	if p.g.onProgress != nil {
+		p.g.onProgress(done)
+	}
+}
 
 // Stop ends reporting and clears the bar.
 func (p *progress) Stop() {

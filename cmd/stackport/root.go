@@ -21,6 +21,10 @@ type globalOptions struct {
 	stderr io.Writer // logs and progress
 	log    *slog.Logger
 	tty    bool // stderr is a terminal: show progress bars
+
+	// onProgress, when set, sees the running total of every progress
+	// report (tests use it to interrupt work at a known point).
+	onProgress func(done int64)
 }
 
 // usageError marks a mistake in the command line (exit code 2).

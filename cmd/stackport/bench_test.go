@@ -1,0 +1,157 @@
+package main
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// BenchmarkVolume compares stackport with the stock tools on the same
+// generated tree, in the same run: snapshot against tar | zstd -3 -T0, restore
+// against zstd -d | tar -x. It reports ratios (stackport ÷ stock), which
+// survive a noisy shared machine, and stackport's peak RSS. Run it with
+// `make bench`; BENCH_SIZE_MIB picks one size (default: 1024 and 4096).
+func BenchmarkVolume(b *testing.B) {
+	sizes := []int{1024, 4096}
+	if s := os.Getenv("BENCH_SIZE_MIB"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sizes = []int{n}
+	}
+	for _, tools := range []string{"tar", "zstd"} {
+		if _, err := exec.LookPath(tools); err != nil {
+			b.Fatalf("%s is needed for the comparison (make lab installs zstd)", tools)
+		}
+	}
+	bin := filepath.Join(b.TempDir(), "stackport")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	for _, mib := range sizes {
+		b.Run(fmt.Sprintf("%dMiB", mib), func(b *testing.B) {
+			work := b.TempDir()
+			tree := filepath.Join(work, "tree")
+			genTree(b, tree, int64(mib)<<20)
+			b.ResetTimer()
+			for range b.N {
+				benchOnce(b, bin, work, tree)
+			}
+		})
+	}
+}
+
+func benchOnce(b *testing.B, bin, work, tree string) {
+	repo := filepath.Join(work, "repo")
+	archive := filepath.Join(work, "stock.tar.zst")
+	clean := func(paths ...string) {
+		for _, p := range paths {
+			os.RemoveAll(p)
+		}
+	}
+	defer clean(repo, archive)
+
+	// Warm the page cache for both sides alike.
+	run(b, "sh", "-c", "tar -cf - -C "+tree+" . > /dev/null")
+	stockSnap, _ := run(b, "sh", "-c", "tar -cf - -C "+tree+" . | zstd -q -3 -T0 > "+archive)
+	spSnap, snapRSS := run(b, bin, "snapshot", "-q", "--repo", "file://"+repo, "--volume", tree)
+
+	stored := dirSize(b, filepath.Join(repo, "snapshots"))
+	fi, err := os.Stat(archive)
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	stockOut, spOut := filepath.Join(work, "stock-out"), filepath.Join(work, "sp-out")
+	os.Mkdir(stockOut, 0o755)
+	defer clean(stockOut, spOut)
+	stockRestore, _ := run(b, "sh", "-c", "zstd -q -d < "+archive+" | tar -xf - -C "+stockOut)
+	spRestore, restoreRSS := run(b, bin, "restore", "-q", "--repo", "file://"+repo, "--volume-to", spOut)
+
+	b.ReportMetric(spSnap.Seconds()/stockSnap.Seconds(), "snapshot-time/stock")
+	b.ReportMetric(float64(stored)/float64(fi.Size()), "stored-size/stock")
+	b.ReportMetric(float64(snapRSS)/(1<<20), "snapshot-peak-RSS-MiB")
+	b.ReportMetric(spRestore.Seconds()/stockRestore.Seconds(), "restore-time/stock")
+	b.ReportMetric(float64(restoreRSS)/(1<<20), "restore-peak-RSS-MiB")
+}
+
+// run times a command and returns its peak RSS in bytes.
+func run(b *testing.B, name string, args ...string) (time.Duration, int64) {
+	b.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Stderr = os.Stderr
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		b.Fatalf("%s %s: %v", name, strings.Join(args, " "), err)
+	}
+	return time.Since(start), cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss << 10
+}
+
+func dirSize(b *testing.B, dir string) (n int64) {
+	err := filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
+		return err
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return n
+}
+
+// genTree writes about size bytes: 20,000 small text files, then large files
+// alternating compressible text and incompressible random data.
+func genTree(b *testing.B, dir string, size int64) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	words := strings.Fields("appsmith widget query datasource page action mongo redis postgres git commit layout button table chart form modal user workspace")
+	text := func(n int) []byte {
+		var sb strings.Builder
+		for sb.Len() < n {
+			sb.WriteString(words[rng.IntN(len(words))])
+			if rng.IntN(12) == 0 {
+				sb.WriteString(fmt.Sprintf(" %d\n", rng.IntN(100000)))
+			} else {
+				sb.WriteByte(' ')
+			}
+		}
+		return []byte(sb.String()[:n])
+	}
+	write := func(path string, data []byte) {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var written int64
+	for i := range 20000 {
+		data := text(512 + rng.IntN(3000))
+		write(filepath.Join(dir, "small", strconv.Itoa(i%100), fmt.Sprintf("f%05d.json", i)), data)
+		written += int64(len(data))
+	}
+	chunk := make([]byte, 64<<20)
+	for i := 0; written < size; i++ {
+		n := min(int64(len(chunk)), size-written)
+		var data []byte
+		if i%2 == 0 {
+			data = text(int(n))
+		} else {
+			for j := range chunk[:n] {
+				chunk[j] = byte(rng.Uint32())
+			}
+			data = chunk[:n]
+		}
+		write(filepath.Join(dir, "large", fmt.Sprintf("blob%03d.bin", i)), data)
+		written += n
+	}
+}
