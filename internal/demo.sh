@@ -34,7 +34,7 @@ step "stackport verify $id"
 
 step "stackport export latest --component volume --out volume.tar"
 "$sp" export latest --component volume --out "$work/volume.tar"
-tar -tvf "$work/volume.tar" | head -5
+tar -tvf "$work/volume.tar" | sed -n 1,5p
 
 step "stackport restore latest --volume-to $work/restored"
 "$sp" restore latest --volume-to "$work/restored"

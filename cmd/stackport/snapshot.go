@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 
 	"github.com/spf13/cobra"
 
@@ -129,8 +131,8 @@ func runSnapshot(ctx context.Context, g *globalOptions, opts snapshotOptions) er
 	}
 	for _, c := range m.Components {
 		args := []any{"component", c.Kind}
-		for k, v := range c.Stats {
-			args = append(args, k, v)
+		for _, k := range slices.Sorted(maps.Keys(c.Stats)) {
+			args = append(args, k, c.Stats[k])
 		}
 		log.Info("component stored", args...)
 		if c.Stats["changed"] > 0 || c.Stats["unreadable"] > 0 || c.Stats["vanished"] > 0 {
