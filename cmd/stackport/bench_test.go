@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -27,9 +26,9 @@ func BenchmarkVolume(b *testing.B) {
 		}
 		sizes = []int{n}
 	}
-	for _, tools := range []string{"tar", "zstd"} {
+	for _, tools := range []string{"tar", "zstd", "/usr/bin/time"} {
 		if _, err := exec.LookPath(tools); err != nil {
-			b.Fatalf("%s is needed for the comparison (make lab installs zstd)", tools)
+			b.Fatalf("%s is needed for the comparison (make lab installs zstd and time)", tools)
 		}
 	}
 	bin := filepath.Join(b.TempDir(), "stackport")
@@ -83,16 +82,29 @@ func benchOnce(b *testing.B, bin, work, tree string) {
 	b.ReportMetric(float64(restoreRSS)/(1<<20), "restore-peak-RSS-MiB")
 }
 
-// run times a command and returns its peak RSS in bytes.
+// run times a command and returns its peak RSS in bytes, as measured by GNU
+// time: the rusage of a child started directly from this process would
+// include this process's own memory, which the child shares until exec.
 func run(b *testing.B, name string, args ...string) (time.Duration, int64) {
 	b.Helper()
-	cmd := exec.Command(name, args...)
+	rss := filepath.Join(b.TempDir(), "rss")
+	cmd := exec.Command("/usr/bin/time", append([]string{"-f", "%M", "-o", rss, name}, args...)...)
 	cmd.Stderr = os.Stderr
 	start := time.Now()
 	if err := cmd.Run(); err != nil {
 		b.Fatalf("%s %s: %v", name, strings.Join(args, " "), err)
 	}
-	return time.Since(start), cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss << 10
+	elapsed := time.Since(start)
+	out, err := os.ReadFile(rss)
+	if err != nil {
+		b.Fatal(err)
+	}
+	fields := strings.Fields(string(out))
+	kib, err := strconv.ParseInt(fields[len(fields)-1], 10, 64)
+	if err != nil {
+		b.Fatalf("GNU time output %q: %v", out, err)
+	}
+	return elapsed, kib << 10
 }
 
 func dirSize(b *testing.B, dir string) (n int64) {
