@@ -77,7 +77,7 @@ func NewWriter(ctx context.Context, store Store, opts Options) (*Writer, error) 
 func (w *Writer) ID() string { return w.m.ID }
 
 // Add dumps one component into the snapshot. Components may be added
-// concurrently; each kind once.
+// concurrently; each kind once. When one fails, the others are cancelled.
 func (w *Writer) Add(kind string, d Dumper) error {
 	if !kindPattern.MatchString(kind) {
 		return fmt.Errorf("snapshot: invalid component kind %q", kind)
@@ -106,6 +106,9 @@ func (w *Writer) Add(kind string, d Dumper) error {
 		}
 	}
 	if err != nil {
+		// The snapshot cannot be committed any more: stop the other
+		// components' uploads too.
+		w.cancel()
 		return err
 	}
 	w.mu.Lock()

@@ -3,8 +3,14 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/stackport/stackport/snapshot"
 	"github.com/stackport/stackport/snapshot/volume"
@@ -47,49 +53,111 @@ rejected by name.`,
 }
 
 type restoreResult struct {
-	ID     string         `json:"id"`
-	Target string         `json:"volume_to"`
-	Stats  snapshot.Stats `json:"stats"`
+	ID         string                    `json:"id"`
+	Components map[string]snapshot.Stats `json:"components"`
+}
+
+// restorers returns the components the --*-to flags ask for.
+func (opts restoreOptions) restorers(log *slog.Logger) ([]part[snapshot.Restorer], error) {
+	var parts []part[snapshot.Restorer]
+	if opts.VolumeTo != "" {
+		var owner *volume.Owner
+		if opts.Chown != "" {
+			var err error
+			if owner, err = volume.ParseOwner(opts.Chown); err != nil {
+				return nil, usageError{fmt.Errorf("restore: --chown: %w", err)}
+			}
+		}
+		parts = append(parts, part[snapshot.Restorer]{"volume", &volume.Restorer{Dir: opts.VolumeTo, Force: opts.Force, Chown: owner, Log: log}})
+	}
+	if len(parts) == 0 {
+		return nil, usageErrorf("restore: nothing to restore to: give --volume-to DIR")
+	}
+	return parts, nil
 }
 
 func runRestore(ctx context.Context, g *globalOptions, opts restoreOptions, ref string) error {
-	if opts.VolumeTo == "" {
-		return usageErrorf("restore: nothing to restore to: give --volume-to DIR")
-	}
-	var owner *volume.Owner
-	if opts.Chown != "" {
-		var err error
-		if owner, err = volume.ParseOwner(opts.Chown); err != nil {
-			return usageError{fmt.Errorf("restore: --chown: %w", err)}
-		}
+	log := g.logger()
+	parts, err := opts.restorers(log)
+	if err != nil {
+		return err
 	}
 	repo, m, err := loadSnapshot(ctx, g, ref)
 	if err != nil {
 		return err
 	}
 	defer repo.Close()
-	c := m.Component("volume")
-	if c == nil {
-		return fmt.Errorf("restore: snapshot %s has no volume component", m.ID)
+	var total int64
+	for _, p := range parts {
+		c := m.Component(p.kind)
+		if c == nil {
+			return fmt.Errorf("restore: snapshot %s has no %s component", m.ID, p.kind)
+		}
+		for _, o := range c.Objects {
+			total += o.RawSize
+		}
 	}
-	log := g.logger()
-	log.Info("restore started", "id", m.ID, "volume_to", opts.VolumeTo)
-	bar := startProgress(g, "restore", m.RawSize())
+	for _, c := range m.Components {
+		if !slices.ContainsFunc(parts, func(p part[snapshot.Restorer]) bool { return p.kind == c.Kind }) {
+			log.Warn("component not restored: no target given for it", "component", c.Kind)
+		}
+	}
+	log.Info("restore started", "id", m.ID)
+	bar := startProgress(g, "restore", total)
 	defer bar.Stop()
-	in, err := snapshot.OpenComponent(ctx, repo, m, "volume", snapshot.ReadOptions{Progress: bar.Add})
+
+	res := restoreResult{ID: m.ID, Components: map[string]snapshot.Stats{}}
+	var mu sync.Mutex
+	grp, gctx := errgroup.WithContext(ctx)
+	for _, p := range parts {
+		grp.Go(func() error {
+			in, err := snapshot.OpenComponent(gctx, repo, m, p.kind, snapshot.ReadOptions{Progress: bar.Add})
+			if err != nil {
+				return err
+			}
+			stats, err := p.impl.Restore(gctx, in)
+			if err != nil {
+				return fmt.Errorf("restore: %s: %w", p.kind, err)
+			}
+			mu.Lock()
+			res.Components[p.kind] = stats
+			mu.Unlock()
+			return nil
+		})
+	}
+	err = grp.Wait()
+	bar.Stop()
 	if err != nil {
 		return err
 	}
-	r := &volume.Restorer{Dir: opts.VolumeTo, Force: opts.Force, Chown: owner, Log: log}
-	stats, err := r.Restore(ctx, in)
-	bar.Stop()
-	if err != nil {
-		return fmt.Errorf("restore: %w (the target was left as it was)", err)
+	for _, p := range parts {
+		args := []any{"component", p.kind}
+		stats := res.Components[p.kind]
+		for _, k := range slices.Sorted(maps.Keys(stats)) {
+			args = append(args, k, stats[k])
+		}
+		log.Info("component restored", args...)
 	}
-	log.Info("restore finished", "id", m.ID, "volume_to", opts.VolumeTo, "files", stats["files"], "bytes", stats["bytes"])
 	if g.JSON {
-		return printJSON(g, restoreResult{ID: m.ID, Target: opts.VolumeTo, Stats: stats})
+		return printJSON(g, res)
 	}
-	_, err = fmt.Fprintf(g.stdout, "restored snapshot %s to %s: %d files, %s\n", m.ID, opts.VolumeTo, stats["files"], humanBytes(stats["bytes"]))
-	return err
+	for _, p := range parts {
+		stats := res.Components[p.kind]
+		fmt.Fprintf(g.stdout, "restored %s of snapshot %s: %s\n", p.kind, m.ID, summary(stats))
+	}
+	return nil
+}
+
+// summary is a short human line of a component's main counters.
+func summary(stats snapshot.Stats) string {
+	var parts []string
+	for _, k := range []string{"files", "collections", "documents", "tables", "rows", "keys"} {
+		if v, ok := stats[k]; ok {
+			parts = append(parts, fmt.Sprintf("%d %s", v, k))
+		}
+	}
+	if v, ok := stats["bytes"]; ok {
+		parts = append(parts, humanBytes(v))
+	}
+	return strings.Join(parts, ", ")
 }

@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"maps"
 	"os"
 	"slices"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/stackport/stackport/snapshot"
 	"github.com/stackport/stackport/snapshot/volume"
@@ -68,11 +70,31 @@ type snapshotResult struct {
 	Components  []snapshot.Component `json:"components"`
 }
 
+// dumpers returns the components the flags ask for, in snapshot order.
+func (opts snapshotOptions) dumpers(log *slog.Logger) ([]part[snapshot.Dumper], error) {
+	var parts []part[snapshot.Dumper]
+	if opts.Volume != "" {
+		if fi, err := os.Stat(opts.Volume); err != nil {
+			return nil, fmt.Errorf("snapshot: volume: %w", err)
+		} else if !fi.IsDir() {
+			return nil, fmt.Errorf("snapshot: volume: %s is not a directory", opts.Volume)
+		}
+		parts = append(parts, part[snapshot.Dumper]{"volume", &volume.Dumper{Dir: opts.Volume, Exclude: opts.Exclude, SkipUnreadable: opts.SkipUnreadable, Log: log}})
+	}
+	if len(parts) == 0 {
+		return nil, usageErrorf("snapshot: nothing to snapshot: give --volume DIR")
+	}
+	return parts, nil
+}
+
+// part is one component of a command: its kind and what handles it.
+type part[T any] struct {
+	kind string
+	impl T
+}
+
 func runSnapshot(ctx context.Context, g *globalOptions, opts snapshotOptions) error {
 	log := g.logger()
-	if opts.Volume == "" {
-		return usageErrorf("snapshot: nothing to snapshot: give --volume DIR")
-	}
 	comp, err := snapshot.ParseCompression(opts.Compression)
 	if err != nil {
 		return usageError{fmt.Errorf("snapshot: %w", err)}
@@ -84,10 +106,9 @@ func runSnapshot(ctx context.Context, g *globalOptions, opts snapshotOptions) er
 	if err != nil {
 		return err
 	}
-	if fi, err := os.Stat(opts.Volume); err != nil {
-		return fmt.Errorf("snapshot: volume: %w", err)
-	} else if !fi.IsDir() {
-		return fmt.Errorf("snapshot: volume: %s is not a directory", opts.Volume)
+	parts, err := opts.dumpers(log)
+	if err != nil {
+		return err
 	}
 	host := opts.Host
 	if host == "" {
@@ -100,10 +121,16 @@ func runSnapshot(ctx context.Context, g *globalOptions, opts snapshotOptions) er
 	}
 	defer repo.Close()
 
-	vol := &volume.Dumper{Dir: opts.Volume, Exclude: opts.Exclude, SkipUnreadable: opts.SkipUnreadable, Log: log}
 	var total int64
 	if g.tty {
-		total, _ = vol.Size(ctx)
+		for _, p := range parts {
+			if s, ok := p.impl.(interface {
+				Size(context.Context) (int64, error)
+			}); ok {
+				n, _ := s.Size(ctx)
+				total += n
+			}
+		}
 	}
 	bar := startProgress(g, "snapshot", total)
 	defer bar.Stop()
@@ -117,7 +144,11 @@ func runSnapshot(ctx context.Context, g *globalOptions, opts snapshotOptions) er
 	}
 	log.Info("snapshot started", "id", w.ID(), "repo", repo.Name())
 
-	err = w.Add("volume", vol)
+	var grp errgroup.Group
+	for _, p := range parts {
+		grp.Go(func() error { return w.Add(p.kind, p.impl) })
+	}
+	err = grp.Wait()
 	var m *snapshot.Manifest
 	if err == nil {
 		m, err = w.Commit()
