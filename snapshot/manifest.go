@@ -30,6 +30,9 @@ type Manifest struct {
 	Tags      map[string]string `json:"tags,omitempty"`
 	// Components in the order they were added.
 	Components []Component `json:"components"`
+	// Key is the object holding the data key of an encrypted snapshot
+	// (itself encrypted to the user's recipients or passphrase).
+	Key *Object `json:"key,omitempty"`
 }
 
 // Component is one part of a snapshot: the volume, a database.
@@ -145,6 +148,12 @@ func (m *Manifest) Validate() error {
 	}
 	seenKind := map[string]bool{}
 	seenKey := map[string]bool{}
+	if k := m.Key; k != nil {
+		if k.Key != KeyName || !hexSHA256.MatchString(k.SHA256) || k.Size < 0 || k.RawSize < 0 {
+			return bad("invalid key object %+v", *k)
+		}
+		seenKey[k.Key] = true
+	}
 	for _, c := range m.Components {
 		if !kindPattern.MatchString(c.Kind) || seenKind[c.Kind] {
 			return bad("invalid or duplicate component kind %q", c.Kind)
@@ -153,7 +162,13 @@ func (m *Manifest) Validate() error {
 		if _, err := ParseCompression(c.Compression); err != nil {
 			return bad("component %s: %v", c.Kind, err)
 		}
-		if c.Encryption != "none" {
+		switch c.Encryption {
+		case "none":
+		case EncryptionAge:
+			if m.Key == nil {
+				return bad("component %s is encrypted but there is no key object", c.Kind)
+			}
+		default:
 			return bad("component %s: unsupported encryption %q", c.Kind, c.Encryption)
 		}
 		for _, o := range c.Objects {

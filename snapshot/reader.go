@@ -9,10 +9,15 @@ import (
 	"hash"
 	"io"
 	"io/fs"
+
+	"filippo.io/age"
 )
 
 // ReadOptions control how a snapshot is read.
 type ReadOptions struct {
+	// Identities open encrypted snapshots (age X25519 or SSH identities,
+	// or a scrypt identity for a passphrase).
+	Identities []age.Identity
 	// Progress, when set, is called with the number of raw (decompressed)
 	// bytes each time a component reads.
 	Progress func(n int64)
@@ -26,7 +31,15 @@ func OpenComponent(ctx context.Context, store Store, m *Manifest, kind string, o
 	if c == nil {
 		return nil, fmt.Errorf("snapshot %s has no %s component", m.ID, kind)
 	}
-	return &streamReader{ctx: ctx, store: store, id: m.ID, c: c, opts: opts}, nil
+	sr := &streamReader{ctx: ctx, store: store, id: m.ID, c: c, opts: opts}
+	if c.Encryption == EncryptionAge {
+		key, err := unlock(ctx, store, m, opts.Identities)
+		if err != nil {
+			return nil, err
+		}
+		sr.key = key
+	}
+	return sr, nil
 }
 
 type streamReader struct {
@@ -35,6 +48,7 @@ type streamReader struct {
 	id    string
 	c     *Component
 	opts  ReadOptions
+	key   age.Identity // the data key of an encrypted component
 	next  int
 	cur   *objectReader
 }
@@ -48,7 +62,7 @@ func (sr *streamReader) Next() (string, io.ReadCloser, error) {
 	}
 	o := sr.c.Objects[sr.next]
 	sr.next++
-	r, err := openObject(sr.ctx, sr.store, sr.id, o, Compression(sr.c.Compression), sr.opts.Progress)
+	r, err := openObject(sr.ctx, sr.store, sr.id, o, Compression(sr.c.Compression), sr.key, sr.opts.Progress)
 	if err != nil {
 		return "", nil, err
 	}
@@ -57,8 +71,9 @@ func (sr *streamReader) Next() (string, io.ReadCloser, error) {
 }
 
 // openObject opens one stored object: blob → size and checksum check →
-// decompressor. A missing object wraps ErrCorrupt (it is missing data).
-func openObject(ctx context.Context, store Store, id string, o Object, c Compression, progress func(int64)) (*objectReader, error) {
+// decryption with key (when not nil) → decompressor. A missing object wraps
+// ErrCorrupt (it is missing data).
+func openObject(ctx context.Context, store Store, id string, o Object, c Compression, key age.Identity, progress func(int64)) (*objectReader, error) {
 	blob, err := store.NewReader(ctx, id, o.Key)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("snapshot %s: object %s is missing: %w", id, o.Key, ErrCorrupt)
@@ -67,7 +82,19 @@ func openObject(ctx context.Context, store Store, id string, o Object, c Compres
 		return nil, fmt.Errorf("snapshot %s: object %s: %w", id, o.Key, err)
 	}
 	v := &verifier{r: blob, o: o, id: id, h: sha256.New()}
-	dec, err := c.newDecoder(v)
+	var stored io.Reader = v
+	if key != nil {
+		plain, err := age.Decrypt(v, key)
+		if err != nil {
+			blob.Close()
+			if v.err != nil {
+				return nil, v.err
+			}
+			return nil, fmt.Errorf("snapshot %s: object %s: decrypt: %w: %w", id, o.Key, ErrCorrupt, err)
+		}
+		stored = plain
+	}
+	dec, err := c.newDecoder(stored)
 	if err != nil {
 		blob.Close()
 		return nil, fmt.Errorf("snapshot %s: object %s: %w: %w", id, o.Key, ErrCorrupt, err)

@@ -10,6 +10,8 @@ import (
 	"io"
 	"sync"
 	"time"
+
+	"filippo.io/age"
 )
 
 // Options control how a snapshot is written.
@@ -26,6 +28,9 @@ type Options struct {
 	Progress func(n int64)
 	// Now is the creation time (default time.Now); tests set it.
 	Now func() time.Time
+	// Recipients, when set, encrypt every object (see KeyName). There is
+	// no fallback: a snapshot asked to be encrypted either is or fails.
+	Recipients []age.Recipient
 }
 
 // Writer creates one snapshot. Add components, then Commit; on any error
@@ -35,6 +40,11 @@ type Writer struct {
 	opts   Options
 	ctx    context.Context
 	cancel context.CancelFunc
+
+	// dataKey encrypts the objects of an encrypted snapshot; wrappedKey is
+	// its stored form.
+	dataKey    *age.X25519Recipient
+	wrappedKey []byte
 
 	mu        sync.Mutex
 	m         Manifest
@@ -58,8 +68,18 @@ func NewWriter(ctx context.Context, store Store, opts Options) (*Writer, error) 
 		opts.Now = time.Now
 	}
 	now := opts.Now().UTC()
+	var dataKey *age.X25519Recipient
+	var wrappedKey []byte
+	if len(opts.Recipients) > 0 {
+		key, wrapped, err := newDataKey(opts.Recipients)
+		if err != nil {
+			return nil, err
+		}
+		dataKey, wrappedKey = key.Recipient(), wrapped
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	return &Writer{
+		dataKey: dataKey, wrappedKey: wrappedKey,
 		store: store, opts: opts, ctx: ctx, cancel: cancel,
 		open: map[*objectWriter]struct{}{},
 		m: Manifest{
@@ -87,8 +107,12 @@ func (w *Writer) Add(kind string, d Dumper) error {
 		w.mu.Unlock()
 		return fmt.Errorf("snapshot: component %s added twice", kind)
 	}
+	enc := "none"
+	if w.dataKey != nil {
+		enc = EncryptionAge
+	}
 	w.m.Components = append(w.m.Components, Component{
-		Kind: kind, Compression: string(w.opts.Compression), Encryption: "none", Objects: []Object{},
+		Kind: kind, Compression: string(w.opts.Compression), Encryption: enc, Objects: []Object{},
 	})
 	w.mu.Unlock()
 
@@ -145,6 +169,14 @@ func (w *Writer) Commit() (*Manifest, error) {
 	}
 	if err := w.ctx.Err(); err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	if w.wrappedKey != nil {
+		if err := writeObject(w.ctx, w.store, m.ID, KeyName, w.wrappedKey); err != nil {
+			return nil, fmt.Errorf("snapshot %s: write key: %w", m.ID, err)
+		}
+		sum := sha256.Sum256(w.wrappedKey)
+		n := int64(len(w.wrappedKey))
+		m.Key = &Object{Key: KeyName, Name: KeyName, Size: n, RawSize: n, SHA256: hex.EncodeToString(sum[:])}
 	}
 	data, err := m.Encode()
 	if err != nil {
@@ -234,7 +266,14 @@ func (cw *componentWriter) Create(name string) (io.WriteCloser, error) {
 	}
 	o := &objectWriter{w: w, kind: cw.kind, slot: slot, key: key, name: name, cancel: cancel, blob: bw}
 	o.sink = &hashCounter{w: bw, h: sha256.New()}
-	o.enc, err = w.opts.Compression.newEncoder(o.sink, w.opts.Level, w.opts.Concurrency)
+	o.crypt = nopWriteCloser{o.sink}
+	if w.dataKey != nil {
+		if o.crypt, err = age.Encrypt(o.sink, w.dataKey); err != nil {
+			o.abort()
+			return nil, fmt.Errorf("snapshot: %s: encrypt: %w", key, err)
+		}
+	}
+	o.enc, err = w.opts.Compression.newEncoder(o.crypt, w.opts.Level, w.opts.Concurrency)
 	if err != nil {
 		o.abort()
 		return nil, fmt.Errorf("snapshot: %s: %w", key, err)
@@ -254,6 +293,7 @@ type objectWriter struct {
 	cancel     context.CancelFunc
 	blob       io.WriteCloser
 	sink       *hashCounter
+	crypt      io.WriteCloser // age, or a no-op
 	enc        io.WriteCloser
 	raw        int64
 	closeOnce  sync.Once
@@ -279,6 +319,9 @@ func (o *objectWriter) Write(p []byte) (int, error) {
 func (o *objectWriter) Close() error {
 	o.closeOnce.Do(func() {
 		err := o.enc.Close()
+		if err == nil {
+			err = o.crypt.Close()
+		}
 		if err == nil {
 			err = o.w.ctx.Err()
 		}

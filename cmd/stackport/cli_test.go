@@ -71,7 +71,9 @@ func (e *testEnv) list() []listEntry {
 	return entries
 }
 
-func (e *testEnv) verify(ref string) error { return runVerify(context.Background(), e.global(), ref) }
+func (e *testEnv) verify(ref string) error {
+	return runVerify(context.Background(), e.global(), cryptoOptions{}, ref)
+}
 
 func (e *testEnv) restore(ref, dir string, opts restoreOptions) error {
 	opts.VolumeTo = dir

@@ -16,6 +16,7 @@ import (
 type exportOptions struct {
 	Component string
 	Out       string
+	Crypto    cryptoOptions
 }
 
 func newExportCommand(g *globalOptions) *cobra.Command {
@@ -38,6 +39,7 @@ The file appears under its name only when it is complete; "-" writes to stdout.`
 	f := cmd.Flags()
 	f.StringVar(&opts.Component, "component", "volume", "component to export (volume)")
 	f.StringVarP(&opts.Out, "out", "o", "", "output file, or - for stdout")
+	opts.Crypto.addDecryptFlags(f)
 	return cmd
 }
 
@@ -48,6 +50,10 @@ func runExport(ctx context.Context, g *globalOptions, opts exportOptions, ref st
 	if opts.Component != "volume" {
 		return usageErrorf("export: unknown component %q (this build exports: volume)", opts.Component)
 	}
+	ids, err := opts.Crypto.identities()
+	if err != nil {
+		return err
+	}
 	repo, m, err := loadSnapshot(ctx, g, ref)
 	if err != nil {
 		return err
@@ -55,7 +61,7 @@ func runExport(ctx context.Context, g *globalOptions, opts exportOptions, ref st
 	defer repo.Close()
 	bar := startProgress(g, "export", m.RawSize())
 	defer bar.Stop()
-	in, err := snapshot.OpenComponent(ctx, repo, m, opts.Component, snapshot.ReadOptions{Progress: bar.Add})
+	in, err := snapshot.OpenComponent(ctx, repo, m, opts.Component, snapshot.ReadOptions{Progress: bar.Add, Identities: ids})
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ type restoreOptions struct {
 	VolumeTo string
 	Force    bool
 	Chown    string
+	Crypto   cryptoOptions
 }
 
 func newRestoreCommand(g *globalOptions) *cobra.Command {
@@ -49,6 +50,7 @@ rejected by name.`,
 	f.StringVar(&opts.VolumeTo, "volume-to", "", "restore the volume into this directory")
 	f.BoolVar(&opts.Force, "force", false, "replace the content of a non-empty target")
 	f.StringVar(&opts.Chown, "chown", "", "give every restored file this owner, UID:GID")
+	opts.Crypto.addDecryptFlags(f)
 	return cmd
 }
 
@@ -82,6 +84,10 @@ func runRestore(ctx context.Context, g *globalOptions, opts restoreOptions, ref 
 	if err != nil {
 		return err
 	}
+	ids, err := opts.Crypto.identities()
+	if err != nil {
+		return err
+	}
 	repo, m, err := loadSnapshot(ctx, g, ref)
 	if err != nil {
 		return err
@@ -111,7 +117,7 @@ func runRestore(ctx context.Context, g *globalOptions, opts restoreOptions, ref 
 	grp, gctx := errgroup.WithContext(ctx)
 	for _, p := range parts {
 		grp.Go(func() error {
-			in, err := snapshot.OpenComponent(gctx, repo, m, p.kind, snapshot.ReadOptions{Progress: bar.Add})
+			in, err := snapshot.OpenComponent(gctx, repo, m, p.kind, snapshot.ReadOptions{Progress: bar.Add, Identities: ids})
 			if err != nil {
 				return err
 			}

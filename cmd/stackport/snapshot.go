@@ -23,6 +23,7 @@ type snapshotOptions struct {
 	Level          int
 	Tags           []string
 	Host           string
+	Crypto         cryptoOptions
 }
 
 func newSnapshotCommand(g *globalOptions) *cobra.Command {
@@ -44,6 +45,10 @@ On success the new snapshot's ID is the only thing printed on stdout.`,
   stackport snapshot --repo 's3://backups?region=eu-west-1&prefix=appsmith/' \
     --volume /appsmith-stacks --exclude logs --exclude data/backup --tag env=prod
 
+  # encrypted to an age key (restore with --identity-file key.txt)
+  stackport snapshot --repo file:///var/backups/stackport --volume /appsmith-stacks \
+    --encrypt-to age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+
   # to a local directory, gzip instead of zstd
   stackport snapshot --repo file:///var/backups/stackport --volume /data --compression gzip`,
 		Args: wrapArgs(cobra.NoArgs),
@@ -59,6 +64,7 @@ On success the new snapshot's ID is the only thing printed on stdout.`,
 	f.IntVar(&opts.Level, "level", 0, "compression level (zstd 1-22, gzip 1-9; 0 for the default)")
 	f.StringArrayVar(&opts.Tags, "tag", nil, "tag the snapshot with key=value (repeatable)")
 	f.StringVar(&opts.Host, "host", "", "host name to record (default: this machine's)")
+	opts.Crypto.addEncryptFlags(f)
 	return cmd
 }
 
@@ -110,6 +116,13 @@ func runSnapshot(ctx context.Context, g *globalOptions, opts snapshotOptions) er
 	if err != nil {
 		return err
 	}
+	recipients, err := opts.Crypto.recipients()
+	if err != nil {
+		return err
+	}
+	if len(recipients) == 0 && opts.Volume != "" && holdsAppsmithSecrets(opts.Volume) {
+		log.Warn("the volume holds APPSMITH_ENCRYPTION_* secrets and the snapshot is not encrypted; use --encrypt-to or --passphrase-file")
+	}
 	host := opts.Host
 	if host == "" {
 		host, _ = os.Hostname()
@@ -137,7 +150,7 @@ func runSnapshot(ctx context.Context, g *globalOptions, opts snapshotOptions) er
 
 	w, err := snapshot.NewWriter(ctx, repo, snapshot.Options{
 		Compression: comp, Level: opts.Level, Host: host, Version: version(), Tags: tags,
-		Progress: bar.Add,
+		Progress: bar.Add, Recipients: recipients,
 	})
 	if err != nil {
 		return err

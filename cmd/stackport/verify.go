@@ -10,7 +10,8 @@ import (
 )
 
 func newVerifyCommand(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	var crypto cryptoOptions
+	cmd := &cobra.Command{
 		Use:   "verify [ID|latest]",
 		Short: "Re-read a snapshot and check every object",
 		Long: `Re-read every object of a snapshot from the repository, check its size and
@@ -23,9 +24,11 @@ naming every damaged object.`,
   stackport verify 20261125T210000Z-3f9a1c --json`,
 		Args: wrapArgs(cobra.MaximumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runVerify(cmd.Context(), g, snapshotRef(args))
+			return runVerify(cmd.Context(), g, crypto, snapshotRef(args))
 		},
 	}
+	crypto.addDecryptFlags(cmd.Flags())
+	return cmd
 }
 
 type verifyResult struct {
@@ -36,14 +39,18 @@ type verifyResult struct {
 	Error   string `json:"error,omitempty"`
 }
 
-func runVerify(ctx context.Context, g *globalOptions, ref string) error {
+func runVerify(ctx context.Context, g *globalOptions, crypto cryptoOptions, ref string) error {
+	ids, err := crypto.identities()
+	if err != nil {
+		return err
+	}
 	repo, m, err := loadSnapshot(ctx, g, ref)
 	if err != nil {
 		return err
 	}
 	defer repo.Close()
 	bar := startProgress(g, "verify", m.RawSize())
-	err = snapshot.Verify(ctx, repo, m, decoder, snapshot.ReadOptions{Progress: bar.Add})
+	err = snapshot.Verify(ctx, repo, m, decoder, snapshot.ReadOptions{Progress: bar.Add, Identities: ids})
 	bar.Stop()
 	res := verifyResult{ID: m.ID, OK: err == nil, Bytes: m.StoredSize()}
 	for _, c := range m.Components {
