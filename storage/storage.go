@@ -218,7 +218,30 @@ func (rd *reader) Close() error { return rd.rd.Close() }
 // first. Folders without a manifest (runs in progress or failed) are left
 // out.
 func (r *Repo) List(ctx context.Context) ([]string, error) {
+	folders, err := r.Folders(ctx)
+	if err != nil {
+		return nil, err
+	}
 	var ids []string
+	for _, f := range folders {
+		if f.Complete {
+			ids = append(ids, f.ID)
+		}
+	}
+	return ids, nil
+}
+
+// Folder is one snapshot folder of the repository.
+type Folder struct {
+	ID string
+	// Complete is true when the folder holds a manifest; otherwise it is a
+	// run in progress or the leftovers of a failed one.
+	Complete bool
+}
+
+// Folders returns every snapshot folder, complete or not, sorted by ID.
+func (r *Repo) Folders(ctx context.Context) ([]Folder, error) {
+	var folders []Folder
 	it := r.bucket.List(&blob.ListOptions{Prefix: snapshotsDir, Delimiter: "/"})
 	for {
 		obj, err := it.Next(ctx)
@@ -229,33 +252,27 @@ func (r *Repo) List(ctx context.Context) ([]string, error) {
 			return nil, r.wrap(snapshotsDir, err)
 		}
 		if obj.IsDir {
-			ids = append(ids, strings.TrimSuffix(strings.TrimPrefix(obj.Key, snapshotsDir), "/"))
+			folders = append(folders, Folder{ID: strings.TrimSuffix(strings.TrimPrefix(obj.Key, snapshotsDir), "/")})
 		}
 	}
-	has := make([]bool, len(ids))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
-	for i, id := range ids {
+	for i := range folders {
 		g.Go(func() error {
-			ok, err := r.bucket.Exists(gctx, objectKey(id, manifestName))
+			key := objectKey(folders[i].ID, manifestName)
+			ok, err := r.bucket.Exists(gctx, key)
 			if err != nil {
-				return r.wrap(objectKey(id, manifestName), err)
+				return r.wrap(key, err)
 			}
-			has[i] = ok
+			folders[i].Complete = ok
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	var out []string
-	for i, id := range ids {
-		if has[i] {
-			out = append(out, id)
-		}
-	}
-	slices.Sort(out)
-	return out, nil
+	slices.SortFunc(folders, func(a, b Folder) int { return strings.Compare(a.ID, b.ID) })
+	return folders, nil
 }
 
 // Delete removes every object of snapshot id, the manifest first so that the

@@ -96,6 +96,7 @@ Exit codes: 0 success, 1 failure, 2 usage error, 3 verification found corrupt or
 		newVerifyCommand(g),
 		newRestoreCommand(g),
 		newExportCommand(g),
+		newPruneCommand(g),
 		newVersionCommand(g),
 	)
 	return root
