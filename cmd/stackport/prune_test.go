@@ -57,7 +57,7 @@ func TestPrune(t *testing.T) {
 	}
 	staging = append(staging, seed(t, repo, now.Add(-20*24*time.Hour), map[string]string{"env": "staging"}))
 	// Leftovers: an old failed run and a run in progress.
-	old := now.Add(-3 * 24 * time.Hour).Format("20060102T150405Z") + "-dead00"
+	old := now.Add(-3*24*time.Hour).Format("20060102T150405Z") + "-dead00"
 	running := now.Add(-time.Hour).Format("20060102T150405Z") + "-beef00"
 	for _, id := range []string{old, running} {
 		os.MkdirAll(filepath.Join(dir, "snapshots", id, "volume"), 0o755)
