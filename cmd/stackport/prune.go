@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/stackport/stackport/snapshot"
@@ -48,7 +49,12 @@ its reasons; --dry-run deletes nothing.`,
 			return runPrune(cmd.Context(), g, opts)
 		},
 	}
-	f := cmd.Flags()
+	opts.addFlags(cmd.Flags(), true)
+	return cmd
+}
+
+// addFlags adds the --keep flags (and --tag unless the command has its own).
+func (opts *pruneOptions) addFlags(f *pflag.FlagSet, tag bool) {
 	f.IntVar(&opts.Policy.Last, "keep-last", 0, "keep the newest N snapshots")
 	f.IntVar(&opts.Policy.Hourly, "keep-hourly", 0, "keep the newest snapshot of each of the last N hours that have one")
 	f.IntVar(&opts.Policy.Daily, "keep-daily", 0, "keep the newest snapshot of each of the last N days that have one")
@@ -56,10 +62,11 @@ its reasons; --dry-run deletes nothing.`,
 	f.IntVar(&opts.Policy.Monthly, "keep-monthly", 0, "keep the newest snapshot of each of the last N months that have one")
 	f.IntVar(&opts.Policy.Yearly, "keep-yearly", 0, "keep the newest snapshot of each of the last N years that have one")
 	f.StringVar(&opts.Within, "keep-within", "", "keep snapshots taken within this long of the newest one (e.g. 36h, 30d, 8w)")
-	f.StringArrayVar(&opts.Tags, "tag", nil, "consider only snapshots with this key=value tag (repeatable)")
-	f.BoolVarP(&opts.DryRun, "dry-run", "n", false, "print what would be deleted, delete nothing")
+	if tag {
+		f.StringArrayVar(&opts.Tags, "tag", nil, "consider only snapshots with this key=value tag (repeatable)")
+		f.BoolVarP(&opts.DryRun, "dry-run", "n", false, "print what would be deleted, delete nothing")
+	}
 	f.DurationVar(&opts.Grace, "leftover-grace", 24*time.Hour, "remove folders without a manifest only when older than this")
-	return cmd
 }
 
 // parseWithin parses a Go duration or a number of days (d) or weeks (w).
@@ -84,32 +91,53 @@ type pruneEntry struct {
 }
 
 func runPrune(ctx context.Context, g *globalOptions, opts pruneOptions) error {
+	entries, err := prune(ctx, g, opts)
+	if err != nil {
+		return err
+	}
+	if g.JSON {
+		return printJSON(g, entries)
+	}
+	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ACTION\tID\tWHY")
+	for _, e := range entries {
+		action := e.Action
+		if opts.DryRun && action == "delete" {
+			action = "would delete"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", action, e.ID, strings.Join(e.Reasons, ", "))
+	}
+	return tw.Flush()
+}
+
+// prune applies the policy and deletes (unless DryRun) what it does not keep.
+func prune(ctx context.Context, g *globalOptions, opts pruneOptions) ([]pruneEntry, error) {
 	log := g.logger()
 	if opts.Within != "" {
 		d, err := parseWithin(opts.Within)
 		if err != nil {
-			return usageErrorf("prune: --keep-within: %v", err)
+			return nil, usageErrorf("prune: --keep-within: %v", err)
 		}
 		opts.Policy.Within = d
 	}
 	if opts.Policy.Empty() {
-		return usageErrorf("prune: no --keep-… rule given: nothing would be kept, so nothing is deleted")
+		return nil, usageErrorf("prune: no --keep-… rule given: nothing would be kept, so nothing is deleted")
 	}
 	tags, err := parseTags(opts.Tags)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if opts.now.IsZero() {
 		opts.now = time.Now()
 	}
 	repo, err := openRepo(ctx, g, false)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer repo.Close()
 	folders, err := repo.Folders(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 
 	// Read every complete snapshot's manifest; one that cannot be read is
@@ -134,7 +162,7 @@ func runPrune(ctx context.Context, g *globalOptions, opts pruneOptions) error {
 		})
 	}
 	if err := grp.Wait(); err != nil {
-		return err
+		return nil, err
 	}
 
 	var entries []pruneEntry
@@ -181,24 +209,12 @@ func runPrune(ctx context.Context, g *globalOptions, opts pruneOptions) error {
 			continue
 		}
 		if err := repo.Delete(ctx, e.ID); err != nil {
-			return fmt.Errorf("prune: %w", err)
+			return nil, fmt.Errorf("prune: %w", err)
 		}
 		deleted++
 	}
 	log.Info("prune finished", "deleted", deleted, "dry_run", opts.DryRun, "repo", repo.Name())
-	if g.JSON {
-		return printJSON(g, entries)
-	}
-	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ACTION\tID\tWHY")
-	for _, e := range entries {
-		action := e.Action
-		if opts.DryRun && action == "delete" {
-			action = "would delete"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", action, e.ID, strings.Join(e.Reasons, ", "))
-	}
-	return tw.Flush()
+	return entries, nil
 }
 
 // hasTags reports whether m carries every tag in want.

@@ -97,6 +97,7 @@ Exit codes: 0 success, 1 failure, 2 usage error, 3 verification found corrupt or
 		newRestoreCommand(g),
 		newExportCommand(g),
 		newPruneCommand(g),
+		newScheduleCommand(g),
 		newVersionCommand(g),
 	)
 	return root

@@ -9,6 +9,7 @@ import (
 	"slices"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/stackport/stackport/snapshot"
@@ -56,7 +57,12 @@ On success the new snapshot's ID is the only thing printed on stdout.`,
 			return runSnapshot(cmd.Context(), g, opts)
 		},
 	}
-	f := cmd.Flags()
+	opts.addFlags(cmd.Flags())
+	return cmd
+}
+
+// addFlags adds the flags of snapshot (also used by schedule).
+func (opts *snapshotOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&opts.Volume, "volume", "", "directory to snapshot (the persistent volume)")
 	f.StringArrayVar(&opts.Exclude, "exclude", nil, "leave out paths matching this pattern, relative to --volume or by base name (repeatable)")
 	f.BoolVar(&opts.SkipUnreadable, "skip-unreadable", false, "skip files that cannot be read, with a warning, instead of failing")
@@ -65,7 +71,6 @@ On success the new snapshot's ID is the only thing printed on stdout.`,
 	f.StringArrayVar(&opts.Tags, "tag", nil, "tag the snapshot with key=value (repeatable)")
 	f.StringVar(&opts.Host, "host", "", "host name to record (default: this machine's)")
 	opts.Crypto.addEncryptFlags(f)
-	return cmd
 }
 
 // snapshotResult is what snapshot prints with --json.
@@ -100,25 +105,38 @@ type part[T any] struct {
 }
 
 func runSnapshot(ctx context.Context, g *globalOptions, opts snapshotOptions) error {
+	m, err := takeSnapshot(ctx, g, opts)
+	if err != nil {
+		return err
+	}
+	if g.JSON {
+		return printJSON(g, snapshotResult{ID: m.ID, StoredBytes: m.StoredSize(), RawBytes: m.RawSize(), Components: m.Components})
+	}
+	_, err = fmt.Fprintln(g.stdout, m.ID)
+	return err
+}
+
+// takeSnapshot takes and commits one snapshot, logging what it stored.
+func takeSnapshot(ctx context.Context, g *globalOptions, opts snapshotOptions) (*snapshot.Manifest, error) {
 	log := g.logger()
 	comp, err := snapshot.ParseCompression(opts.Compression)
 	if err != nil {
-		return usageError{fmt.Errorf("snapshot: %w", err)}
+		return nil, usageError{fmt.Errorf("snapshot: %w", err)}
 	}
 	if err := comp.CheckLevel(opts.Level); err != nil {
-		return usageError{fmt.Errorf("snapshot: %w", err)}
+		return nil, usageError{fmt.Errorf("snapshot: %w", err)}
 	}
 	tags, err := parseTags(opts.Tags)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	parts, err := opts.dumpers(log)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	recipients, err := opts.Crypto.recipients()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if len(recipients) == 0 && opts.Volume != "" && holdsAppsmithSecrets(opts.Volume) {
 		log.Warn("the volume holds APPSMITH_ENCRYPTION_* secrets and the snapshot is not encrypted; use --encrypt-to or --passphrase-file")
@@ -130,7 +148,7 @@ func runSnapshot(ctx context.Context, g *globalOptions, opts snapshotOptions) er
 
 	repo, err := openRepo(ctx, g, true)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer repo.Close()
 
@@ -153,7 +171,7 @@ func runSnapshot(ctx context.Context, g *globalOptions, opts snapshotOptions) er
 		Progress: bar.Add, Recipients: recipients,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	log.Info("snapshot started", "id", w.ID(), "repo", repo.Name())
 
@@ -171,7 +189,7 @@ func runSnapshot(ctx context.Context, g *globalOptions, opts snapshotOptions) er
 		if aerr := w.Abort(); aerr != nil {
 			log.Warn("could not remove the failed snapshot's objects; they have no manifest and are ignored", "id", w.ID(), "err", aerr)
 		}
-		return fmt.Errorf("snapshot %s failed, nothing was committed: %w", w.ID(), err)
+		return nil, fmt.Errorf("snapshot %s failed, nothing was committed: %w", w.ID(), err)
 	}
 	for _, c := range m.Components {
 		args := []any{"component", c.Kind}
@@ -184,9 +202,5 @@ func runSnapshot(ctx context.Context, g *globalOptions, opts snapshotOptions) er
 		}
 	}
 	log.Info("snapshot committed", "id", m.ID, "stored", humanBytes(m.StoredSize()), "raw", humanBytes(m.RawSize()))
-	if g.JSON {
-		return printJSON(g, snapshotResult{ID: m.ID, StoredBytes: m.StoredSize(), RawBytes: m.RawSize(), Components: m.Components})
-	}
-	_, err = fmt.Fprintln(g.stdout, m.ID)
-	return err
+	return m, nil
 }
