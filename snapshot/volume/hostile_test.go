@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/stackport/stackport/internal/streamtest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -165,7 +166,7 @@ func TestHostileArchives(t *testing.T) {
 				}
 			}
 
-			_, err := (Verifier{}).Restore(context.Background(), streamReader(streamName, data, nil))
+			_, err := (Verifier{}).Restore(context.Background(), streamtest.One(streamName, data, nil))
 			if tc.restoreOnly {
 				if err != nil {
 					t.Errorf("Verifier: %v", err)
@@ -173,7 +174,7 @@ func TestHostileArchives(t *testing.T) {
 			} else {
 				wantErr("Verifier", err)
 			}
-			_, err = (&Restorer{Dir: target, Log: quiet}).Restore(context.Background(), streamReader(streamName, data, nil))
+			_, err = (&Restorer{Dir: target, Log: quiet}).Restore(context.Background(), streamtest.One(streamName, data, nil))
 			wantErr("Restore", err)
 			checkConfined(t, base)
 		})
@@ -196,11 +197,11 @@ func TestGoodArchiveAccepted(t *testing.T) {
 		hardlink("d/e", "./a/x"),
 		symlink("up", ".."),
 	)
-	if _, err := (Verifier{}).Restore(context.Background(), streamReader(streamName, data, nil)); err != nil {
+	if _, err := (Verifier{}).Restore(context.Background(), streamtest.One(streamName, data, nil)); err != nil {
 		t.Fatalf("Verifier: %v", err)
 	}
 	target := filepath.Join(base, "target")
-	stats, err := (&Restorer{Dir: target, Log: quiet}).Restore(context.Background(), streamReader(streamName, data, nil))
+	stats, err := (&Restorer{Dir: target, Log: quiet}).Restore(context.Background(), streamtest.One(streamName, data, nil))
 	if err != nil {
 		t.Fatalf("Restore: %v", err)
 	}
@@ -262,7 +263,7 @@ func FuzzVerify(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ctx := context.Background()
-		_, verr := (Verifier{}).Restore(ctx, streamReader(streamName, data, nil))
+		_, verr := (Verifier{}).Restore(ctx, streamtest.One(streamName, data, nil))
 
 		base := t.TempDir()
 		outside, target := filepath.Join(base, "outside"), filepath.Join(base, "target")
@@ -271,7 +272,7 @@ func FuzzVerify(f *testing.F) {
 				t.Fatal(err)
 			}
 		}
-		_, rerr := (&Restorer{Dir: target, Log: quiet}).Restore(ctx, streamReader(streamName, data, nil))
+		_, rerr := (&Restorer{Dir: target, Log: quiet}).Restore(ctx, streamtest.One(streamName, data, nil))
 		if verr != nil && rerr == nil {
 			t.Errorf("Verifier rejects (%v) what Restore accepts", verr)
 		}

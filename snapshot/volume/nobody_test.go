@@ -3,6 +3,7 @@ package volume
 import (
 	"context"
 	"encoding/json"
+	"github.com/stackport/stackport/internal/streamtest"
 	"io"
 	"os"
 	"os/exec"
@@ -35,17 +36,17 @@ func TestAsNobodyHelper(t *testing.T) {
 	var err error
 	switch task {
 	case "dump":
-		store := newMemStore()
+		store := streamtest.New()
 		d := &Dumper{Dir: os.Getenv("VOLUME_DIR"), SkipUnreadable: os.Getenv("VOLUME_SKIP") == "1", Log: quiet}
 		res.Stats, err = d.Dump(context.Background(), store)
-		if data, ok := store.bytes(streamName); ok {
+		if data, ok := store.Bytes(streamName); ok {
 			res.Names = tarNames(t, data)
 		}
 	case "restore":
 		var data []byte
 		if data, err = os.ReadFile(os.Getenv("VOLUME_TAR")); err == nil {
 			r := &Restorer{Dir: os.Getenv("VOLUME_DIR"), Log: quiet}
-			res.Stats, err = r.Restore(context.Background(), streamReader(streamName, data, nil))
+			res.Stats, err = r.Restore(context.Background(), streamtest.One(streamName, data, nil))
 		}
 	default:
 		t.Fatalf("unknown task %q", task)
@@ -188,7 +189,7 @@ func TestRestoreAsNobody(t *testing.T) {
 	shared, bin := sharedDir(t)
 	src := buildFixture(t)
 	store, _ := dump(t, &Dumper{Dir: src})
-	data, _ := store.bytes(streamName)
+	data, _ := store.Bytes(streamName)
 	archive := filepath.Join(shared, "volume.tar")
 	if err := os.WriteFile(archive, data, 0o644); err != nil {
 		t.Fatal(err)

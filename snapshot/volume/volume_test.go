@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/stackport/stackport/internal/streamtest"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -25,18 +26,18 @@ import (
 var quiet = slog.New(slog.DiscardHandler)
 
 // dump dumps d into a new memStore and checks that the stream was committed.
-func dump(t *testing.T, d *Dumper) (*memStore, snapshot.Stats) {
+func dump(t *testing.T, d *Dumper) (*streamtest.Store, snapshot.Stats) {
 	t.Helper()
 	if d.Log == nil {
 		d.Log = quiet
 	}
-	store := newMemStore()
+	store := streamtest.New()
 	stats, err := d.Dump(context.Background(), store)
 	if err != nil {
 		t.Fatalf("Dump: %v", err)
 	}
-	if _, ok := store.bytes(streamName); !ok || len(store.order) != 1 {
-		t.Fatalf("Dump wrote streams %q, want one committed %s", store.order, streamName)
+	if _, ok := store.Bytes(streamName); !ok || len(store.Names()) != 1 {
+		t.Fatalf("Dump wrote streams %q, want one committed %s", store.Names(), streamName)
 	}
 	return store, stats
 }
@@ -87,7 +88,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Errorf("Size = %d, dump bytes = %d", size, stats["bytes"])
 	}
 
-	data, _ := store.bytes(streamName)
+	data, _ := store.Bytes(streamName)
 	names := tarNames(t, data)
 	if names[0] != "./" {
 		t.Errorf("first entry %q, want ./", names[0])
@@ -99,13 +100,13 @@ func TestRoundTrip(t *testing.T) {
 	}
 
 	dst := filepath.Join(t.TempDir(), "dst") // created by Restore
-	in := store.reader()
+	in := store.Reader()
 	var progress int64
 	rstats, err := (&Restorer{Dir: dst, Log: quiet, Progress: func(n int64) { progress += n }}).Restore(context.Background(), in)
 	if err != nil {
 		t.Fatalf("Restore: %v", err)
 	}
-	if !in.allRead() {
+	if !in.AllRead() {
 		t.Error("Restore did not read and close every stream to its end")
 	}
 	if !maps.Equal(rstats, restoreStats(stats)) {
@@ -134,7 +135,7 @@ func TestRestoreChown(t *testing.T) {
 	store, _ := dump(t, &Dumper{Dir: src})
 	dst := filepath.Join(t.TempDir(), "dst")
 	owner := &Owner{UID: 4321, GID: 8765}
-	if _, err := (&Restorer{Dir: dst, Chown: owner, Log: quiet}).Restore(context.Background(), store.reader()); err != nil {
+	if _, err := (&Restorer{Dir: dst, Chown: owner, Log: quiet}).Restore(context.Background(), store.Reader()); err != nil {
 		t.Fatal(err)
 	}
 	compareTrees(t, src, dst, compareOpts{owner: owner})
@@ -148,7 +149,7 @@ func TestRestoreNonEmptyTarget(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := listing(t, dst)
-	_, err := (&Restorer{Dir: dst, Log: quiet}).Restore(context.Background(), store.reader())
+	_, err := (&Restorer{Dir: dst, Log: quiet}).Restore(context.Background(), store.Reader())
 	if !errors.Is(err, snapshot.ErrTargetNotEmpty) || !strings.Contains(err.Error(), dst) {
 		t.Fatalf("Restore into a non-empty target: %v, want ErrTargetNotEmpty naming %s", err, dst)
 	}
@@ -173,7 +174,7 @@ func TestRestoreForce(t *testing.T) {
 	if err := os.Chmod(filepath.Join(dst, "olddir"), 0o555); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := (&Restorer{Dir: dst, Force: true, Log: quiet}).Restore(context.Background(), store.reader()); err != nil {
+	if _, err := (&Restorer{Dir: dst, Force: true, Log: quiet}).Restore(context.Background(), store.Reader()); err != nil {
 		t.Fatal(err)
 	}
 	compareTrees(t, src, dst, compareOpts{})
@@ -186,7 +187,7 @@ func TestExclude(t *testing.T) {
 	if stats["excluded"] != 4 {
 		t.Errorf("excluded = %d, want 4", stats["excluded"])
 	}
-	data, _ := store.bytes(streamName)
+	data, _ := store.Bytes(streamName)
 	names := tarNames(t, data)
 	for _, gone := range []string{"big.bin", "nested/", "nested/empty/", "ünïcødé/日本語.txt", "hard/a"} {
 		if slices.Contains(names, gone) {
@@ -200,7 +201,7 @@ func TestExclude(t *testing.T) {
 	}
 	// With the first name excluded, the next one carries the content.
 	dst := filepath.Join(t.TempDir(), "dst")
-	if _, err := (&Restorer{Dir: dst, Log: quiet}).Restore(context.Background(), store.reader()); err != nil {
+	if _, err := (&Restorer{Dir: dst, Log: quiet}).Restore(context.Background(), store.Reader()); err != nil {
 		t.Fatal(err)
 	}
 	if b, err := os.ReadFile(filepath.Join(dst, "other/c")); err != nil || string(b) != "three names, one inode\n" {
@@ -214,7 +215,7 @@ func TestExclude(t *testing.T) {
 		t.Errorf("Size with excludes = %d, dump bytes = %d", size, stats["bytes"])
 	}
 
-	_, err = (&Dumper{Dir: src, Exclude: []string{"["}}).Dump(context.Background(), newMemStore())
+	_, err = (&Dumper{Dir: src, Exclude: []string{"["}}).Dump(context.Background(), streamtest.New())
 	if err == nil || !strings.Contains(err.Error(), `"["`) {
 		t.Errorf("Dump with a bad pattern: %v", err)
 	}
@@ -244,7 +245,7 @@ func TestSpecialFilesSkipped(t *testing.T) {
 	if stats["skipped_special"] != want || stats["files"] != 1 {
 		t.Errorf("stats %v, want %d skipped_special and 1 file", stats, want)
 	}
-	data, _ := store.bytes(streamName)
+	data, _ := store.Bytes(streamName)
 	if names := tarNames(t, data); !slices.Equal(names, []string{"./", "z.txt"}) {
 		t.Errorf("entries %q", names)
 	}
@@ -289,7 +290,7 @@ func TestChangedFile(t *testing.T) {
 				t.Errorf("stats %v, want 1 changed and %d bytes", stats, len(content))
 			}
 			dst := filepath.Join(t.TempDir(), "dst")
-			if _, err := (&Restorer{Dir: dst, Log: quiet}).Restore(context.Background(), store.reader()); err != nil {
+			if _, err := (&Restorer{Dir: dst, Log: quiet}).Restore(context.Background(), store.Reader()); err != nil {
 				t.Fatal(err)
 			}
 			got, err := os.ReadFile(filepath.Join(dst, "big"))
@@ -315,7 +316,7 @@ func TestVanishedFile(t *testing.T) {
 	if stats["vanished"] != 1 || stats["files"] != 1 {
 		t.Errorf("stats %v, want 1 vanished, 1 file", stats)
 	}
-	data, _ := store.bytes(streamName)
+	data, _ := store.Bytes(streamName)
 	if names := tarNames(t, data); !slices.Equal(names, []string{"./", "a"}) {
 		t.Errorf("entries %q", names)
 	}
@@ -324,12 +325,12 @@ func TestVanishedFile(t *testing.T) {
 func TestCancel(t *testing.T) {
 	src := buildFixture(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	store := newMemStore()
+	store := streamtest.New()
 	d := &Dumper{Dir: src, Log: quiet, Progress: func(int64) { cancel() }}
 	if _, err := d.Dump(ctx, store); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Dump: %v, want context.Canceled", err)
 	}
-	if _, ok := store.bytes(streamName); ok {
+	if _, ok := store.Bytes(streamName); ok {
 		t.Error("a cancelled Dump committed its stream")
 	}
 
@@ -337,7 +338,7 @@ func TestCancel(t *testing.T) {
 	dst := t.TempDir()
 	ctx, cancel = context.WithCancel(context.Background())
 	r := &Restorer{Dir: dst, Log: quiet, Progress: func(int64) { cancel() }}
-	if _, err := r.Restore(ctx, store.reader()); !errors.Is(err, context.Canceled) {
+	if _, err := r.Restore(ctx, store.Reader()); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Restore: %v, want context.Canceled", err)
 	}
 	if entries, _ := os.ReadDir(dst); len(entries) != 0 {
@@ -348,23 +349,23 @@ func TestCancel(t *testing.T) {
 func TestCorruptStream(t *testing.T) {
 	src := buildFixture(t)
 	store, _ := dump(t, &Dumper{Dir: src})
-	good, _ := store.bytes(streamName)
+	good, _ := store.Bytes(streamName)
 	checksum := errors.Join(errors.New("checksum mismatch"), snapshot.ErrCorrupt)
 
 	for _, tc := range []struct {
 		name string
 		in   func() snapshot.StreamReader
 	}{
-		{"checksum error at the end", func() snapshot.StreamReader { return streamReader(streamName, good, checksum) }},
-		{"truncated", func() snapshot.StreamReader { return streamReader(streamName, good[:len(good)/2], nil) }},
-		{"truncated in a header", func() snapshot.StreamReader { return streamReader(streamName, good[:700], nil) }},
-		{"not a tar", func() snapshot.StreamReader { return streamReader(streamName, randomBytes(10000, 3), nil) }},
-		{"empty", func() snapshot.StreamReader { return streamReader(streamName, nil, nil) }},
-		{"zeros", func() snapshot.StreamReader { return streamReader(streamName, make([]byte, 4096), nil) }},
-		{"no stream", func() snapshot.StreamReader { return &memReader{} }},
-		{"wrong stream", func() snapshot.StreamReader { return streamReader("other.tar", good, nil) }},
+		{"checksum error at the end", func() snapshot.StreamReader { return streamtest.One(streamName, good, checksum) }},
+		{"truncated", func() snapshot.StreamReader { return streamtest.One(streamName, good[:len(good)/2], nil) }},
+		{"truncated in a header", func() snapshot.StreamReader { return streamtest.One(streamName, good[:700], nil) }},
+		{"not a tar", func() snapshot.StreamReader { return streamtest.One(streamName, randomBytes(10000, 3), nil) }},
+		{"empty", func() snapshot.StreamReader { return streamtest.One(streamName, nil, nil) }},
+		{"zeros", func() snapshot.StreamReader { return streamtest.One(streamName, make([]byte, 4096), nil) }},
+		{"no stream", func() snapshot.StreamReader { return &streamtest.Reader{} }},
+		{"wrong stream", func() snapshot.StreamReader { return streamtest.One("other.tar", good, nil) }},
 		{"extra stream", func() snapshot.StreamReader {
-			return &memReader{streams: []memStream{{name: streamName, data: good}, {name: "extra", data: []byte("x")}}}
+			return &streamtest.Reader{Streams: []streamtest.Stream{{Name: streamName, Data: good}, {Name: "extra", Data: []byte("x")}}}
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -404,12 +405,12 @@ func TestCorruptStream(t *testing.T) {
 func TestVerifierAndExport(t *testing.T) {
 	src := buildFixture(t)
 	store, stats := dump(t, &Dumper{Dir: src})
-	in := store.reader()
+	in := store.Reader()
 	vstats, err := (Verifier{}).Restore(context.Background(), in)
 	if err != nil {
 		t.Fatalf("Verifier: %v", err)
 	}
-	if !in.allRead() {
+	if !in.AllRead() {
 		t.Error("Verifier did not read every stream to its end")
 	}
 	if !maps.Equal(vstats, restoreStats(stats)) {
@@ -417,14 +418,14 @@ func TestVerifierAndExport(t *testing.T) {
 	}
 
 	var buf bytes.Buffer
-	estats, err := Export(context.Background(), store.reader(), &buf)
+	estats, err := Export(context.Background(), store.Reader(), &buf)
 	if err != nil {
 		t.Fatalf("Export: %v", err)
 	}
 	if !maps.Equal(estats, vstats) {
 		t.Errorf("export stats %v, want %v", estats, vstats)
 	}
-	good, _ := store.bytes(streamName)
+	good, _ := store.Bytes(streamName)
 	if !bytes.Equal(buf.Bytes(), good) {
 		t.Fatalf("Export wrote %d bytes, not the %d-byte stream", buf.Len(), len(good))
 	}

@@ -1,0 +1,169 @@
+// Package streamtest is an in-memory snapshot.StreamWriter and
+// snapshot.StreamReader for the components' tests: what a Dumper writes can
+// be read back by a Restorer without storage. It is imported only by tests.
+package streamtest
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/stackport/stackport/snapshot"
+)
+
+// Store is an in-memory snapshot.StreamWriter and the source of
+// snapshot.StreamReaders for tests.
+type Store struct {
+	mu      sync.Mutex
+	order   []string
+	streams map[string]*bytes.Buffer
+	closed  map[string]bool
+}
+
+func New() *Store {
+	return &Store{streams: map[string]*bytes.Buffer{}, closed: map[string]bool{}}
+}
+
+func (m *Store) Create(name string) (io.WriteCloser, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.streams[name]; ok {
+		return nil, fmt.Errorf("stream %q created twice", name)
+	}
+	m.order = append(m.order, name)
+	m.streams[name] = new(bytes.Buffer)
+	return &writer{m: m, name: name}, nil
+}
+
+type writer struct {
+	m    *Store
+	name string
+}
+
+func (w *writer) Write(p []byte) (int, error) {
+	w.m.mu.Lock()
+	defer w.m.mu.Unlock()
+	if w.m.closed[w.name] {
+		return 0, fmt.Errorf("write to closed stream %q", w.name)
+	}
+	return w.m.streams[w.name].Write(p)
+}
+
+func (w *writer) Close() error {
+	w.m.mu.Lock()
+	defer w.m.mu.Unlock()
+	if w.m.closed[w.name] {
+		return fmt.Errorf("stream %q closed twice", w.name)
+	}
+	w.m.closed[w.name] = true
+	return nil
+}
+
+// Names returns the names of the streams created, in order.
+func (m *Store) Names() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]string(nil), m.order...)
+}
+
+// Bytes returns the content of a committed (closed) stream.
+func (m *Store) Bytes(name string) ([]byte, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.closed[name] {
+		return nil, false
+	}
+	return m.streams[name].Bytes(), true
+}
+
+// Reader returns a StreamReader over the committed streams.
+func (m *Store) Reader() *Reader {
+	r := &Reader{}
+	for _, name := range m.order {
+		if b, ok := m.Bytes(name); ok {
+			r.Streams = append(r.Streams, Stream{Name: name, Data: b})
+		}
+	}
+	return r
+}
+
+type Stream struct {
+	Name string
+	Data []byte
+	// EndErr, if set, is returned instead of io.EOF at the end of the
+	// content, as a checksum mismatch would be.
+	EndErr error
+}
+
+// Reader is an in-memory snapshot.StreamReader. It checks that the
+// caller closes each stream before asking for the next one.
+type Reader struct {
+	Streams []Stream
+	next    int
+	opened  []*content
+}
+
+// One returns a StreamReader with one stream.
+func One(name string, data []byte, endErr error) *Reader {
+	return &Reader{Streams: []Stream{{Name: name, Data: data, EndErr: endErr}}}
+}
+
+func (r *Reader) Next() (string, io.ReadCloser, error) {
+	if n := len(r.opened); n > 0 && !r.opened[n-1].closed {
+		return "", nil, fmt.Errorf("Next called before the previous stream was closed")
+	}
+	if r.next >= len(r.Streams) {
+		return "", nil, io.EOF
+	}
+	s := r.Streams[r.next]
+	r.next++
+	c := &content{r: bytes.NewReader(s.Data), endErr: s.EndErr}
+	r.opened = append(r.opened, c)
+	return s.Name, c, nil
+}
+
+type content struct {
+	r      *bytes.Reader
+	endErr error
+	eof    bool // read to the end
+	closed bool
+}
+
+func (c *content) Read(p []byte) (int, error) {
+	if c.closed {
+		return 0, fmt.Errorf("read after close")
+	}
+	n, err := c.r.Read(p)
+	if err == io.EOF {
+		c.eof = true
+		if c.endErr != nil {
+			return n, c.endErr
+		}
+	}
+	return n, err
+}
+
+func (c *content) Close() error {
+	c.closed = true
+	return nil
+}
+
+// AllRead reports whether every stream was opened, read to its end and
+// closed.
+func (r *Reader) AllRead() bool {
+	if len(r.opened) != len(r.Streams) {
+		return false
+	}
+	for _, c := range r.opened {
+		if !c.eof || !c.closed {
+			return false
+		}
+	}
+	return true
+}
+
+var (
+	_ snapshot.StreamWriter = (*Store)(nil)
+	_ snapshot.StreamReader = (*Reader)(nil)
+)
