@@ -28,6 +28,13 @@ if ! have fake-gcs-server v1.56.1; then
   mark fake-gcs-server v1.56.1
 fi
 
+# Helm, for the chart's lint and template tests.
+if ! have helm v3.22.0; then
+  log "building helm v3.22.0"
+  go install helm.sh/helm/v3/cmd/helm@v3.22.0
+  mark helm v3.22.0
+fi
+
 # Azure Blob: Azurite
 if [ ! -x "$LAB/azurite/node_modules/.bin/azurite-blob" ] || [ ! -f "$LAB/azurite/.v3.37.0" ]; then
   log "installing azurite 3.37.0"
