@@ -4,12 +4,16 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/stackport/stackport/snapshot"
+	"github.com/stackport/stackport/snapshot/mongo"
 	"github.com/stackport/stackport/snapshot/volume"
 )
 
@@ -22,22 +26,25 @@ type exportOptions struct {
 func newExportCommand(g *globalOptions) *cobra.Command {
 	var opts exportOptions
 	cmd := &cobra.Command{
-		Use:   "export [ID|latest] --component volume --out FILE",
+		Use:   "export [ID|latest] --component volume|mongo --out FILE|DIR",
 		Short: "Write a component of a snapshot in its stock format",
 		Long: `Write one component of a snapshot as a file that the stock tools read, checking
-every checksum on the way: for the volume, a plain tar that GNU tar extracts.
+every checksum on the way: for the volume, a plain tar that GNU tar extracts;
+for mongo, a directory that mongorestore --dir reads (with oplog.bson for
+--oplogReplay when the snapshot has one).
 
 The file appears under its name only when it is complete; "-" writes to stdout.`,
 		Example: `  stackport export latest --component volume --out appsmith-stacks.tar
   tar -tvf appsmith-stacks.tar | head
-  stackport export latest --component volume --out - | tar -x -C /tmp/restore`,
+  stackport export latest --component volume --out - | tar -x -C /tmp/restore
+  stackport export latest --component mongo --out dump/ && mongorestore --dir dump/`,
 		Args: wrapArgs(cobra.MaximumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runExport(cmd.Context(), g, opts, snapshotRef(args))
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&opts.Component, "component", "volume", "component to export (volume)")
+	f.StringVar(&opts.Component, "component", "volume", "component to export (volume, mongo)")
 	f.StringVarP(&opts.Out, "out", "o", "", "output file, or - for stdout")
 	opts.Crypto.addDecryptFlags(f)
 	return cmd
@@ -47,8 +54,9 @@ func runExport(ctx context.Context, g *globalOptions, opts exportOptions, ref st
 	if opts.Out == "" {
 		return usageErrorf("export: give --out FILE (or - for stdout)")
 	}
-	if opts.Component != "volume" {
-		return usageErrorf("export: unknown component %q (this build exports: volume)", opts.Component)
+	export, ok := exporters[opts.Component]
+	if !ok {
+		return usageErrorf("export: unknown component %q (this build exports: %s)", opts.Component, strings.Join(slices.Sorted(maps.Keys(exporters)), ", "))
 	}
 	ids, err := opts.Crypto.identities()
 	if err != nil {
@@ -65,21 +73,39 @@ func runExport(ctx context.Context, g *globalOptions, opts exportOptions, ref st
 	if err != nil {
 		return err
 	}
-	write := func(w io.Writer) error {
-		_, err := volume.Export(ctx, in, w)
-		return err
-	}
-	if opts.Out == "-" {
-		err = write(g.stdout)
-	} else {
-		err = writeFileAtomic(opts.Out, write)
-	}
-	if err != nil {
+	if err := export(ctx, g, in, opts.Out); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
 	bar.Stop()
 	g.logger().Info("exported", "id", m.ID, "component", opts.Component, "out", opts.Out)
 	return nil
+}
+
+// exporters write a component of a snapshot to out in its stock format.
+var exporters = map[string]func(ctx context.Context, g *globalOptions, in snapshot.StreamReader, out string) error{
+	"volume": toFile(volume.Export),
+	"mongo": func(ctx context.Context, g *globalOptions, in snapshot.StreamReader, out string) error {
+		if out == "-" {
+			return usageErrorf("the mongo component is a directory: give --out DIR")
+		}
+		_, err := mongo.Export(ctx, in, out)
+		return err
+	},
+}
+
+// toFile adapts a function that writes one stream into an exporter to a
+// file (renamed into place when complete) or, for "-", to stdout.
+func toFile(export func(context.Context, snapshot.StreamReader, io.Writer) (snapshot.Stats, error)) func(context.Context, *globalOptions, snapshot.StreamReader, string) error {
+	return func(ctx context.Context, g *globalOptions, in snapshot.StreamReader, out string) error {
+		write := func(w io.Writer) error {
+			_, err := export(ctx, in, w)
+			return err
+		}
+		if out == "-" {
+			return write(g.stdout)
+		}
+		return writeFileAtomic(out, write)
+	}
 }
 
 // writeFileAtomic writes a file through write into a temporary file beside

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 
 	"github.com/stackport/stackport/snapshot"
+	"github.com/stackport/stackport/snapshot/mongo"
 	"github.com/stackport/stackport/snapshot/volume"
 	"github.com/stackport/stackport/storage"
 )
@@ -24,6 +25,8 @@ func decoder(kind string) snapshot.Restorer {
 	switch kind {
 	case "volume":
 		return volume.Verifier{}
+	case "mongo":
+		return mongo.Verifier{}
 	}
 	return nil
 }

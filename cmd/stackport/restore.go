@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/stackport/stackport/snapshot"
+	"github.com/stackport/stackport/snapshot/mongo"
 	"github.com/stackport/stackport/snapshot/volume"
 )
 
@@ -21,6 +22,13 @@ type restoreOptions struct {
 	Force    bool
 	Chown    string
 	Crypto   cryptoOptions
+
+	MongoTo        string
+	MongoTLSCAFile string
+	MongoNSFrom    string
+	MongoNSTo      string
+	Drop           bool
+	MongoParallel  int
 }
 
 func newRestoreCommand(g *globalOptions) *cobra.Command {
@@ -40,7 +48,10 @@ NFS shares such as Filestore). Archive entries that would write outside the
 target (../ or absolute paths, writes through symlinks, device files) are
 rejected by name.`,
 		Example: `  stackport restore latest --volume-to /appsmith-stacks
-  stackport restore 20261125T210000Z-3f9a1c --volume-to /mnt/filestore/stacks --chown 1000:1000 --force`,
+  stackport restore 20261125T210000Z-3f9a1c --volume-to /mnt/filestore/stacks --chown 1000:1000 --force
+  # MongoDB into Atlas, appsmith.* as appsmith_prod.*
+  stackport restore latest --mongo-to 'mongodb+srv://user:pass@cluster0.example.mongodb.net/' \
+    --mongo-ns-from appsmith --mongo-ns-to appsmith_prod`,
 		Args: wrapArgs(cobra.MaximumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runRestore(cmd.Context(), g, opts, snapshotRef(args))
@@ -51,6 +62,12 @@ rejected by name.`,
 	f.BoolVar(&opts.Force, "force", false, "replace the content of a non-empty target")
 	f.StringVar(&opts.Chown, "chown", "", "give every restored file this owner, UID:GID")
 	opts.Crypto.addDecryptFlags(f)
+	f.StringVar(&opts.MongoTo, "mongo-to", "", "restore MongoDB into this URI (Atlas, DocumentDB, MongoDB)")
+	f.StringVar(&opts.MongoTLSCAFile, "mongo-tls-ca-file", "", "PEM file of the CA of the target MongoDB (DocumentDB: global-bundle.pem)")
+	f.StringVar(&opts.MongoNSFrom, "mongo-ns-from", "", "rename a database on restore: from this name (e.g. appsmith)…")
+	f.StringVar(&opts.MongoNSTo, "mongo-ns-to", "", "…to this one (e.g. appsmith_prod)")
+	f.BoolVar(&opts.Drop, "drop", false, "drop target MongoDB collections first (otherwise a collection with documents is refused)")
+	f.IntVar(&opts.MongoParallel, "mongo-parallel", 4, "MongoDB insert batches in flight")
 	return cmd
 }
 
@@ -72,8 +89,15 @@ func (opts restoreOptions) restorers(log *slog.Logger) ([]part[snapshot.Restorer
 		}
 		parts = append(parts, part[snapshot.Restorer]{"volume", &volume.Restorer{Dir: opts.VolumeTo, Force: opts.Force, Chown: owner, Log: log}})
 	}
+	if (opts.MongoNSFrom == "") != (opts.MongoNSTo == "") {
+		return nil, usageErrorf("restore: give both --mongo-ns-from and --mongo-ns-to, or neither")
+	}
+	if opts.MongoTo != "" {
+		parts = append(parts, part[snapshot.Restorer]{"mongo", &mongo.Restorer{URI: opts.MongoTo, TLSCAFile: opts.MongoTLSCAFile,
+			NSFrom: opts.MongoNSFrom, NSTo: opts.MongoNSTo, Drop: opts.Drop, Parallel: opts.MongoParallel, Log: log}})
+	}
 	if len(parts) == 0 {
-		return nil, usageErrorf("restore: nothing to restore to: give --volume-to DIR")
+		return nil, usageErrorf("restore: nothing to restore to: give --volume-to DIR and/or --mongo-to URI")
 	}
 	return parts, nil
 }

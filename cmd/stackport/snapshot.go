@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/stackport/stackport/snapshot"
+	"github.com/stackport/stackport/snapshot/mongo"
 	"github.com/stackport/stackport/snapshot/volume"
 )
 
@@ -25,6 +26,11 @@ type snapshotOptions struct {
 	Tags           []string
 	Host           string
 	Crypto         cryptoOptions
+
+	Mongo          string
+	MongoTLSCAFile string
+	MongoDBs       []string
+	MongoParallel  int
 }
 
 func newSnapshotCommand(g *globalOptions) *cobra.Command {
@@ -50,6 +56,10 @@ On success the new snapshot's ID is the only thing printed on stdout.`,
   stackport snapshot --repo file:///var/backups/stackport --volume /appsmith-stacks \
     --encrypt-to age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
 
+  # the volume and the embedded MongoDB in one snapshot
+  stackport snapshot --repo file:///var/backups/stackport --volume /appsmith-stacks \
+    --exclude data/mongodb --mongo 'mongodb://127.0.0.1:27017/?directConnection=true'
+
   # to a local directory, gzip instead of zstd
   stackport snapshot --repo file:///var/backups/stackport --volume /data --compression gzip`,
 		Args: wrapArgs(cobra.NoArgs),
@@ -71,6 +81,10 @@ func (opts *snapshotOptions) addFlags(f *pflag.FlagSet) {
 	f.StringArrayVar(&opts.Tags, "tag", nil, "tag the snapshot with key=value (repeatable)")
 	f.StringVar(&opts.Host, "host", "", "host name to record (default: this machine's)")
 	opts.Crypto.addEncryptFlags(f)
+	f.StringVar(&opts.Mongo, "mongo", "", "MongoDB to snapshot: mongodb:// or mongodb+srv:// URI (credentials and TLS options in the URI)")
+	f.StringVar(&opts.MongoTLSCAFile, "mongo-tls-ca-file", "", "PEM file of the CA that signed the MongoDB server's certificate")
+	f.StringArrayVar(&opts.MongoDBs, "mongo-db", nil, "MongoDB database to snapshot (repeatable; default: all but admin, local, config)")
+	f.IntVar(&opts.MongoParallel, "mongo-parallel", 4, "MongoDB collections dumped at once")
 }
 
 // snapshotResult is what snapshot prints with --json.
@@ -92,8 +106,11 @@ func (opts snapshotOptions) dumpers(log *slog.Logger) ([]part[snapshot.Dumper], 
 		}
 		parts = append(parts, part[snapshot.Dumper]{"volume", &volume.Dumper{Dir: opts.Volume, Exclude: opts.Exclude, SkipUnreadable: opts.SkipUnreadable, Log: log}})
 	}
+	if opts.Mongo != "" {
+		parts = append(parts, part[snapshot.Dumper]{"mongo", &mongo.Dumper{URI: opts.Mongo, TLSCAFile: opts.MongoTLSCAFile, DBs: opts.MongoDBs, Parallel: opts.MongoParallel, Log: log}})
+	}
 	if len(parts) == 0 {
-		return nil, usageErrorf("snapshot: nothing to snapshot: give --volume DIR")
+		return nil, usageErrorf("snapshot: nothing to snapshot: give --volume DIR and/or --mongo URI")
 	}
 	return parts, nil
 }
