@@ -132,3 +132,20 @@ func TestEncryptedCorruption(t *testing.T) {
 		damage(t, repo, "snapshots/"+m.ID+"/"+key, func(b []byte) []byte { b[len(b)-20] ^= 1; return b })
 	}
 }
+
+func TestTwoRecipientsEachOpens(t *testing.T) {
+	a, _ := age.GenerateX25519Identity()
+	b, _ := age.GenerateX25519Identity()
+	repo := openRepo(t)
+	src := secretStreams()
+	m, err := take(t, repo, src, snapshot.Options{Recipients: []age.Recipient{a.Recipient(), b.Recipient()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []age.Identity{a, b} {
+		err := snapshot.Verify(context.Background(), repo, m, func(string) snapshot.Restorer { return nil }, snapshot.ReadOptions{Identities: []age.Identity{id}})
+		if err != nil {
+			t.Fatalf("recipient %v: %v", id, err)
+		}
+	}
+}

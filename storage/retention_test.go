@@ -57,3 +57,50 @@ func TestPolicyGolden(t *testing.T) {
 		t.Fatal("Empty")
 	}
 }
+
+// TestPolicyYear checks a year of 200 snapshots against sets computed by
+// hand from the calendar.
+func TestPolicyYear(t *testing.T) {
+	// One snapshot at 02:00 every day from 2026-01-01, and a second one at
+	// 14:00 on the 1st and 15th of every month, until there are 200.
+	var items []storage.Item
+	for d := 0; len(items) < 200; d++ {
+		day := time.Date(2026, 1, 1, 2, 0, 0, 0, time.UTC).AddDate(0, 0, d)
+		items = append(items, storage.Item{ID: day.Format("20060102T150405Z") + "-aaaaaa", Time: day})
+		if (day.Day() == 1 || day.Day() == 15) && len(items) < 200 {
+			pm := day.Add(12 * time.Hour)
+			items = append(items, storage.Item{ID: pm.Format("20060102T150405Z") + "-bbbbbb", Time: pm})
+		}
+	}
+	// 200 snapshots: Jan 1 … Jul 6 (187 days) plus 13 afternoons (Jan 1,
+	// Jan 15, … Jul 1); the last is Jul 6 02:00.
+	if last := items[len(items)-1].ID; last != "20260706T020000Z-aaaaaa" {
+		t.Fatalf("history ends at %s", last)
+	}
+	kept := func(p storage.Policy) []string {
+		var ids []string
+		for _, d := range p.Apply(items) {
+			if d.Keep {
+				ids = append(ids, d.ID[:15])
+			}
+		}
+		return ids
+	}
+	for name, c := range map[string]struct {
+		p    storage.Policy
+		want []string
+	}{
+		// The newest of each month: Jul 6; the 30th/31st of earlier months.
+		"monthly 4": {storage.Policy{Monthly: 4}, []string{"20260706T020000", "20260630T020000", "20260531T020000", "20260430T020000"}},
+		// Days with two snapshots keep the afternoon one.
+		"daily 6": {storage.Policy{Daily: 6}, []string{"20260706T020000", "20260705T020000", "20260704T020000", "20260703T020000", "20260702T020000", "20260701T140000"}},
+		// ISO weeks end on Sunday: Jul 5, Jun 28, Jun 21.
+		"weekly 3 + last 2": {storage.Policy{Weekly: 3, Last: 2}, []string{"20260706T020000", "20260705T020000", "20260628T020000"}},
+		"yearly 5":          {storage.Policy{Yearly: 5}, []string{"20260706T020000"}},
+		"within 36h":        {storage.Policy{Within: 36 * time.Hour}, []string{"20260706T020000", "20260705T020000"}},
+	} {
+		if got := kept(c.p); strings.Join(got, " ") != strings.Join(c.want, " ") {
+			t.Errorf("%s: kept %v, want %v", name, got, c.want)
+		}
+	}
+}
