@@ -92,12 +92,12 @@ func newScheduleMetrics() *scheduleMetrics {
 		bytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "stackport_written_bytes_total",
 			Help: "Bytes stored by scheduled snapshots."}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "stackport_failures_total",
-			Help: "Failed attempts, by stage (snapshot, prune)."}, []string{"stage"}),
+			Help: "Failed attempts, by component (volume, mongo, …; storage for the repository, prune)."}, []string{"component"}),
 		snapshots: prometheus.NewGauge(prometheus.GaugeOpts{Name: "stackport_snapshots",
 			Help: "Complete snapshots in the repository after the last run."}),
 	}
 	m.reg.MustRegister(m.lastSuccess, m.lastDur, m.bytes, m.failures, m.snapshots)
-	m.failures.WithLabelValues("snapshot")
+	m.failures.WithLabelValues("storage")
 	m.failures.WithLabelValues("prune")
 	return m
 }
@@ -188,7 +188,11 @@ func scheduledRun(ctx context.Context, g *globalOptions, opts scheduleOptions, d
 			log.Info("scheduled snapshot committed", "id", m.ID)
 			break
 		}
-		metrics.failures.WithLabelValues("snapshot").Inc()
+		component := "storage"
+		if ce := (componentError{}); errors.As(serr, &ce) {
+			component = ce.kind
+		}
+		metrics.failures.WithLabelValues(component).Inc()
 		err = serr
 		if attempt >= opts.Retries || ctx.Err() != nil {
 			return err

@@ -116,3 +116,28 @@ func TestScheduleHealthFailsWhenStale(t *testing.T) {
 		t.Fatalf("/healthz with no success: %d %s", code, body)
 	}
 }
+
+func TestScheduleCountsFailuresByComponent(t *testing.T) {
+	e := &testEnv{t: t, repo: "file://" + t.TempDir()}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addr := make(chan string, 1)
+	go runSchedule(ctx, e.global(), scheduleOptions{Cron: "* * * * * *", MetricsAddr: "127.0.0.1:0", HealthMaxAge: time.Hour,
+		Snapshot: snapshotOptions{Volume: t.TempDir(), Compression: "zstd", Mongo: "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300&connectTimeoutMS=300"},
+		ready:    func(a string) { addr <- a }})
+	base := "http://" + <-addr
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		_, metrics := httpGet(t, base+"/metrics")
+		if strings.Contains(metrics, `stackport_failures_total{component="mongo"} 1`) {
+			if !strings.Contains(metrics, "stackport_last_success_timestamp_seconds 0") {
+				t.Fatalf("a failed run counted as success:\n%s", metrics)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no mongo failure counted:\n%s", metrics)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

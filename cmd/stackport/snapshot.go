@@ -115,6 +115,15 @@ func (opts snapshotOptions) dumpers(log *slog.Logger) ([]part[snapshot.Dumper], 
 	return parts, nil
 }
 
+// componentError says which component failed (for schedule's metrics).
+type componentError struct {
+	kind string
+	err  error
+}
+
+func (e componentError) Error() string { return e.err.Error() }
+func (e componentError) Unwrap() error { return e.err }
+
 // part is one component of a command: its kind and what handles it.
 type part[T any] struct {
 	kind string
@@ -194,7 +203,12 @@ func takeSnapshot(ctx context.Context, g *globalOptions, opts snapshotOptions) (
 
 	var grp errgroup.Group
 	for _, p := range parts {
-		grp.Go(func() error { return w.Add(p.kind, p.impl) })
+		grp.Go(func() error {
+			if err := w.Add(p.kind, p.impl); err != nil {
+				return componentError{p.kind, err}
+			}
+			return nil
+		})
 	}
 	err = grp.Wait()
 	var m *snapshot.Manifest
