@@ -98,6 +98,7 @@ Exit codes: 0 success, 1 failure, 2 usage error, 3 verification found corrupt or
 		newExportCommand(g),
 		newPruneCommand(g),
 		newScheduleCommand(g),
+		newMigrateCommand(g),
 		newVersionCommand(g),
 	)
 	return root
