@@ -58,18 +58,15 @@ func runExport(ctx context.Context, g *globalOptions, opts exportOptions, ref st
 	if !ok {
 		return usageErrorf("export: unknown component %q (this build exports: %s)", opts.Component, strings.Join(slices.Sorted(maps.Keys(exporters)), ", "))
 	}
-	ids, err := opts.Crypto.identities()
-	if err != nil {
-		return err
-	}
-	repo, m, err := loadSnapshot(ctx, g, ref)
+	repo, m, ropts, err := loadSnapshot(ctx, g, opts.Crypto, ref)
 	if err != nil {
 		return err
 	}
 	defer repo.Close()
 	bar := startProgress(g, "export", m.RawSize())
 	defer bar.Stop()
-	in, err := snapshot.OpenComponent(ctx, repo, m, opts.Component, snapshot.ReadOptions{Progress: bar.Add, Identities: ids})
+	ropts.Progress = bar.Add
+	in, err := snapshot.OpenComponent(ctx, repo, m, opts.Component, ropts)
 	if err != nil {
 		return err
 	}

@@ -108,11 +108,7 @@ func runRestore(ctx context.Context, g *globalOptions, opts restoreOptions, ref 
 	if err != nil {
 		return err
 	}
-	ids, err := opts.Crypto.identities()
-	if err != nil {
-		return err
-	}
-	repo, m, err := loadSnapshot(ctx, g, ref)
+	repo, m, ropts, err := loadSnapshot(ctx, g, opts.Crypto, ref)
 	if err != nil {
 		return err
 	}
@@ -135,13 +131,14 @@ func runRestore(ctx context.Context, g *globalOptions, opts restoreOptions, ref 
 	log.Info("restore started", "id", m.ID)
 	bar := startProgress(g, "restore", total)
 	defer bar.Stop()
+	ropts.Progress = bar.Add
 
 	res := restoreResult{ID: m.ID, Components: map[string]snapshot.Stats{}}
 	var mu sync.Mutex
 	grp, gctx := errgroup.WithContext(ctx)
 	for _, p := range parts {
 		grp.Go(func() error {
-			in, err := snapshot.OpenComponent(gctx, repo, m, p.kind, snapshot.ReadOptions{Progress: bar.Add, Identities: ids})
+			in, err := snapshot.OpenComponent(gctx, repo, m, p.kind, ropts)
 			if err != nil {
 				return err
 			}

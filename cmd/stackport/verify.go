@@ -40,17 +40,14 @@ type verifyResult struct {
 }
 
 func runVerify(ctx context.Context, g *globalOptions, crypto cryptoOptions, ref string) error {
-	ids, err := crypto.identities()
-	if err != nil {
-		return err
-	}
-	repo, m, err := loadSnapshot(ctx, g, ref)
+	repo, m, ropts, err := loadSnapshot(ctx, g, crypto, ref)
 	if err != nil {
 		return err
 	}
 	defer repo.Close()
 	bar := startProgress(g, "verify", m.RawSize())
-	err = snapshot.Verify(ctx, repo, m, decoder, snapshot.ReadOptions{Progress: bar.Add, Identities: ids})
+	ropts.Progress = bar.Add
+	err = snapshot.Verify(ctx, repo, m, decoder, ropts)
 	bar.Stop()
 	res := verifyResult{ID: m.ID, OK: err == nil, Bytes: m.StoredSize()}
 	for _, c := range m.Components {
