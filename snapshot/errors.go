@@ -18,6 +18,10 @@ var (
 	// device files).
 	ErrUnsafePath = errors.New("unsafe path in archive")
 
+	// ErrDiffers marks a target whose data differs from the snapshot's (or
+	// the source's) when they are compared after a restore.
+	ErrDiffers = errors.New("the target differs from the snapshot")
+
 	// ErrTargetNotEmpty marks a restore target that already holds data.
 	ErrTargetNotEmpty = errors.New("target is not empty")
 )

@@ -1,0 +1,268 @@
+package redis
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"github.com/stackport/stackport/internal/streamtest"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/stackport/stackport/internal/lab"
+	"github.com/stackport/stackport/snapshot"
+)
+
+// realPayload returns the DUMP payload of a string value, made on the server
+// at url.
+func realPayload(t testing.TB, c *goredis.Client, value string) string {
+	t.Helper()
+	ctx := context.Background()
+	must(t, c.Set(ctx, "payload:tmp", value, 0).Err())
+	p, err := c.Dump(ctx, "payload:tmp").Result()
+	must(t, err)
+	must(t, c.Del(ctx, "payload:tmp").Err())
+	return p
+}
+
+func TestRestoreErrors(t *testing.T) {
+	ctx := context.Background()
+	_, srcURL := lab.Redis(t)
+	src := plainClient(t, srcURL, 0)
+	must(t, src.Set(ctx, "a", "1", 0).Err())
+	must(t, src.Set(ctx, "b", "2", 0).Err())
+	must(t, plainClient(t, srcURL, 1).Set(ctx, "c", "3", 0).Err())
+	m, _ := dump(t, srcURL)
+
+	_, plainURL, tlsURL, ca := lab.RedisTLS(t, memorystoreConfig()...)
+	target := withPassword(tlsURL, targetPassword)
+	tc := quietClient(t, target, ca, 0)
+
+	t.Run("wrong password", func(t *testing.T) {
+		_, err := (&Restorer{URL: withPassword(tlsURL, "not-the-password"), TLSCAFile: ca}).Restore(ctx, m.Reader())
+		if err == nil || !strings.Contains(err.Error(), "WRONGPASS") || strings.Contains(err.Error(), "not-the-password") {
+			t.Fatalf("got %v", err)
+		}
+	})
+	t.Run("no password", func(t *testing.T) {
+		_, err := (&Restorer{URL: tlsURL, TLSCAFile: ca}).Restore(ctx, m.Reader())
+		if err == nil || !strings.Contains(err.Error(), "NOAUTH") {
+			t.Fatalf("got %v", err)
+		}
+	})
+	t.Run("TLS without the CA", func(t *testing.T) {
+		_, err := (&Restorer{URL: target}).Restore(ctx, m.Reader())
+		if err == nil || !strings.Contains(err.Error(), "certificate") {
+			t.Fatalf("got %v", err)
+		}
+	})
+	t.Run("CA file with a plain URL", func(t *testing.T) {
+		_, err := (&Restorer{URL: withPassword(plainURL, targetPassword), TLSCAFile: ca}).Restore(ctx, m.Reader())
+		if err == nil || !strings.Contains(err.Error(), "needs a rediss:// URL") {
+			t.Fatalf("got %v", err)
+		}
+	})
+
+	t.Run("existing key", func(t *testing.T) {
+		must(t, tc.Set(ctx, "b", "old", 0).Err())
+		must(t, tc.Set(ctx, "other", "kept", 0).Err())
+		_, err := (&Restorer{URL: target, TLSCAFile: ca}).Restore(ctx, m.Reader())
+		if err == nil || !strings.Contains(err.Error(), `key "b" already exists in database 0`) {
+			t.Fatalf("got %v", err)
+		}
+		if n := tc.Exists(ctx, "a").Val(); n != 0 {
+			t.Error("the batch holding the existing key was written")
+		}
+
+		stats, err := (&Restorer{URL: target, TLSCAFile: ca, Replace: true}).Restore(ctx, m.Reader())
+		if err != nil || stats["restored"] != 3 {
+			t.Fatalf("Replace: %v %v", stats, err)
+		}
+		if v := tc.Get(ctx, "b").Val(); v != "2" {
+			t.Errorf("Replace: b = %q", v)
+		}
+		if tc.Exists(ctx, "other").Val() != 1 {
+			t.Error("Replace removed another key")
+		}
+
+		if _, err := (&Restorer{URL: target, TLSCAFile: ca, Flush: true}).Restore(ctx, m.Reader()); err != nil {
+			t.Fatalf("Flush: %v", err)
+		}
+		if keys := allKeys(t, tc); strings.Join(keys, ",") != "a,b" {
+			t.Errorf("Flush: db 0 holds %q", keys)
+		}
+	})
+
+	t.Run("newer RDB version", func(t *testing.T) {
+		must(t, tc.FlushDB(ctx).Err())
+		must(t, tc.Set(ctx, "keep", "me", 0).Err())
+		p := withRDBVersion(realPayload(t, src, "v"), 11) // a payload of Redis 7.2
+		data := encode(t, 0, rec{"new", 0, p})
+		_, err := (&Restorer{URL: target, TLSCAFile: ca, Flush: true}).Restore(ctx, streamtest.One("db0.frames", data, nil))
+		if err == nil || !strings.Contains(err.Error(), "RDB version 11") || !strings.Contains(err.Error(), "RDB version 10 at most") {
+			t.Fatalf("got %v", err)
+		}
+		if keys := allKeys(t, tc); strings.Join(keys, ",") != "keep" {
+			t.Errorf("the target changed: %q", keys)
+		}
+		// The target's own version check agrees.
+		err = tc.RestoreReplace(ctx, "new", 0, p).Err()
+		if err == nil {
+			t.Errorf("the target accepts RDB version 11")
+		}
+		if _, err := (&Restorer{URL: target, TLSCAFile: ca, TargetRDBVersion: 11}).Restore(ctx, streamtest.One("db0.frames", data, nil)); err == nil || !strings.Contains(err.Error(), `frame 1 (key "new"): RESTORE`) {
+			t.Errorf("TargetRDBVersion 11: %v", err)
+		}
+	})
+
+	t.Run("expired keys and database map", func(t *testing.T) {
+		must(t, tc.FlushAll(ctx).Err())
+		now := time.Now().UnixMilli()
+		p := realPayload(t, src, "v")
+		in := &streamtest.Reader{Streams: []streamtest.Stream{
+			{Name: "db0.frames", Data: encode(t, 0, rec{"gone", now - 1000, p}, rec{"later", now + 60_000, p}, rec{"forever", 0, p})},
+			{Name: "db3.frames", Data: encode(t, 3, rec{"from3", 0, p})},
+		}}
+		stats, err := (&Restorer{URL: target, TLSCAFile: ca, DBMap: map[int]int{3: 0}}).Restore(ctx, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if stats["restored"] != 3 || stats["skipped_expired"] != 1 || stats["keys"] != 4 {
+			t.Errorf("stats %v", stats)
+		}
+		if keys := allKeys(t, tc); strings.Join(keys, ",") != "forever,from3,later" {
+			t.Errorf("db 0 holds %q", keys)
+		}
+		if ttl := tc.PTTL(ctx, "later").Val(); ttl < 58*time.Second || ttl > time.Minute {
+			t.Errorf("TTL of later: %v", ttl)
+		}
+	})
+
+	t.Run("corrupt frame", func(t *testing.T) {
+		must(t, tc.FlushAll(ctx).Err())
+		p := realPayload(t, src, "v")
+		data := encode(t, 0, rec{"first", 0, p}, rec{"second", 0, p})
+		data[len(data)-endFrameSize-5] ^= 0x10
+		_, err := (&Restorer{URL: target, TLSCAFile: ca}).Restore(ctx, streamtest.One("db0.frames", data, nil))
+		if !errors.Is(err, snapshot.ErrCorrupt) || !strings.Contains(err.Error(), `frame 2 (key "second")`) {
+			t.Fatalf("got %v", err)
+		}
+	})
+
+	t.Run("bad payload", func(t *testing.T) {
+		must(t, tc.FlushAll(ctx).Err())
+		p := []byte(realPayload(t, src, "value"))
+		p[len(p)-1] ^= 1 // the payload's CRC-64
+		_, err := (&Restorer{URL: target, TLSCAFile: ca}).Restore(ctx, streamtest.One("db0.frames", encode(t, 0, rec{"k", 0, string(p)}), nil))
+		if !errors.Is(err, snapshot.ErrCorrupt) || !strings.Contains(err.Error(), `frame 1 (key "k"): DUMP payload checksum`) {
+			t.Fatalf("got %v", err)
+		}
+		if n := tc.DBSize(ctx).Val(); n != 0 {
+			t.Errorf("the target holds %d keys", n)
+		}
+	})
+}
+
+// lockedBuffer is a bytes.Buffer for a log handler.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// killAt kills the target's client connections (but its own) each time the
+// target's database 0 has grown past one of the sizes, until done closes.
+func killAt(t testing.TB, admin *goredis.Client, sizes []int64, done <-chan struct{}) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		ctx := context.Background()
+		for len(sizes) > 0 {
+			select {
+			case <-done:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			if n, err := admin.DBSize(ctx).Result(); err == nil && n >= sizes[0] {
+				if err := admin.ClientKillByFilter(ctx, "TYPE", "normal", "SKIPME", "yes").Err(); err != nil {
+					t.Errorf("CLIENT KILL: %v", err)
+					return
+				}
+				sizes = sizes[1:]
+			}
+		}
+	})
+	return &wg
+}
+
+func TestConnectionKilledMidRestore(t *testing.T) {
+	ctx := context.Background()
+	_, srcURL := lab.Redis(t, "enable-debug-command yes")
+	const n = 60_000
+	must(t, plainClient(t, srcURL, 0).Do(ctx, "DEBUG", "POPULATE", n, "key", 20).Err())
+	m, _ := dump(t, srcURL)
+
+	_, targetURL := lab.Redis(t)
+	admin := plainClient(t, targetURL, 0)
+	var logs lockedBuffer
+	done := make(chan struct{})
+	wg := killAt(t, admin, []int64{5_000, 20_000, 40_000}, done)
+	stats, err := (&Restorer{URL: targetURL, Log: slog.New(slog.NewTextHandler(&logs, nil))}).Restore(ctx, m.Reader())
+	close(done)
+	wg.Wait()
+	if err != nil {
+		t.Fatalf("Restore: %v\n%s", err, logs.String())
+	}
+	if stats["restored"] != n {
+		t.Errorf("stats %v", stats)
+	}
+	if got := admin.DBSize(ctx).Val(); got != n {
+		t.Errorf("target has %d keys, want %d", got, n)
+	}
+	if !strings.Contains(logs.String(), "retrying") {
+		t.Errorf("no retry logged:\n%s", logs.String())
+	}
+	for _, k := range []string{"key:0", "key:29999", "key:59999"} {
+		if v := admin.Get(ctx, k).Val(); v == "" {
+			t.Errorf("%s missing", k)
+		}
+	}
+}
+
+func TestTargetRestartedMidRestore(t *testing.T) {
+	ctx := context.Background()
+	_, srcURL := lab.Redis(t, "enable-debug-command yes")
+	must(t, plainClient(t, srcURL, 0).Do(ctx, "DEBUG", "POPULATE", 60_000, "key", 20).Err())
+	m, _ := dump(t, srcURL)
+
+	target, targetURL := lab.Redis(t)
+	admin := plainClient(t, targetURL, 0)
+	restarted := make(chan struct{})
+	go func() {
+		defer close(restarted)
+		for admin.DBSize(ctx).Val() < 10_000 {
+			time.Sleep(time.Millisecond)
+		}
+		target.Kill()
+		target.Start(t)
+	}()
+	_, err := (&Restorer{URL: targetURL}).Restore(ctx, m.Reader())
+	<-restarted
+	if err == nil || !strings.Contains(err.Error(), "the target restarted during the restore") {
+		t.Fatalf("got %v", err)
+	}
+}
