@@ -28,6 +28,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2s ./snapshot/volume/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeManifest$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2s ./snapshot/
 	$(GO) test -run '^$$' -fuzz '^FuzzBSONStream$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2s ./snapshot/mongo/
+	$(GO) test -run '^$$' -fuzz '^FuzzFrames$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2s ./snapshot/redis/
 
 # demo shows the main job on a fresh machine: snapshot a sample volume into a
 # repository, list, verify, export and restore it, and compare the trees.

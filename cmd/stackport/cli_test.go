@@ -72,7 +72,7 @@ func (e *testEnv) list() []listEntry {
 }
 
 func (e *testEnv) verify(ref string) error {
-	return runVerify(context.Background(), e.global(), cryptoOptions{}, ref)
+	return runVerify(context.Background(), e.global(), verifyOptions{}, ref)
 }
 
 func (e *testEnv) restore(ref, dir string, opts restoreOptions) error {

@@ -86,7 +86,7 @@ func TestEncryptedSnapshot(t *testing.T) {
 					t.Fatalf("a restore without the key touched the target (%v)", err)
 				}
 			}
-			if err := runVerify(context.Background(), e.global(), dec, id); err != nil {
+			if err := runVerify(context.Background(), e.global(), verifyOptions{Crypto: dec}, id); err != nil {
 				t.Fatal(err)
 			}
 			if err := e.restore(id, dst, restoreOptions{Crypto: dec}); err != nil {

@@ -40,7 +40,7 @@ func exitCode(err error) int {
 		return 0
 	case errors.As(err, &uerr):
 		return 2
-	case errors.Is(err, snapshot.ErrCorrupt):
+	case errors.Is(err, snapshot.ErrCorrupt), errors.Is(err, snapshot.ErrDiffers):
 		return 3
 	}
 	return 1

@@ -6,6 +6,7 @@ import (
 
 	"github.com/stackport/stackport/snapshot"
 	"github.com/stackport/stackport/snapshot/mongo"
+	"github.com/stackport/stackport/snapshot/redis"
 	"github.com/stackport/stackport/snapshot/volume"
 	"github.com/stackport/stackport/storage"
 )
@@ -27,6 +28,8 @@ func decoder(kind string) snapshot.Restorer {
 		return volume.Verifier{}
 	case "mongo":
 		return mongo.Verifier{}
+	case "redis":
+		return redis.Verifier{}
 	}
 	return nil
 }

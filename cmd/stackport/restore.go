@@ -14,6 +14,7 @@ import (
 
 	"github.com/stackport/stackport/snapshot"
 	"github.com/stackport/stackport/snapshot/mongo"
+	"github.com/stackport/stackport/snapshot/redis"
 	"github.com/stackport/stackport/snapshot/volume"
 )
 
@@ -29,6 +30,13 @@ type restoreOptions struct {
 	MongoNSTo      string
 	Drop           bool
 	MongoParallel  int
+
+	RedisTo        string
+	RedisTLSCAFile string
+	RedisReplace   bool
+	RedisFlush     bool
+	RedisDBMap     string
+	Yes            bool
 }
 
 func newRestoreCommand(g *globalOptions) *cobra.Command {
@@ -51,7 +59,10 @@ rejected by name.`,
   stackport restore 20261125T210000Z-3f9a1c --volume-to /mnt/filestore/stacks --chown 1000:1000 --force
   # MongoDB into Atlas, appsmith.* as appsmith_prod.*
   stackport restore latest --mongo-to 'mongodb+srv://user:pass@cluster0.example.mongodb.net/' \
-    --mongo-ns-from appsmith --mongo-ns-to appsmith_prod`,
+    --mongo-ns-from appsmith --mongo-ns-to appsmith_prod
+  # Redis into Memorystore (TLS, AUTH, one database)
+  stackport restore latest --redis-to 'rediss://:AUTH_STRING@10.0.0.3:6378' \
+    --redis-tls-ca-file server-ca.pem --redis-db-map 0:0,1:0`,
 		Args: wrapArgs(cobra.MaximumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runRestore(cmd.Context(), g, opts, snapshotRef(args))
@@ -68,6 +79,12 @@ rejected by name.`,
 	f.StringVar(&opts.MongoNSTo, "mongo-ns-to", "", "…to this one (e.g. appsmith_prod)")
 	f.BoolVar(&opts.Drop, "drop", false, "drop target MongoDB collections first (otherwise a collection with documents is refused)")
 	f.IntVar(&opts.MongoParallel, "mongo-parallel", 4, "MongoDB insert batches in flight")
+	f.StringVar(&opts.RedisTo, "redis-to", "", "restore Redis into this redis:// or rediss:// URL (Memorystore, Redis)")
+	f.StringVar(&opts.RedisTLSCAFile, "redis-tls-ca-file", "", "PEM file of the CA of the target Redis (Memorystore's server CA)")
+	f.BoolVar(&opts.RedisReplace, "redis-replace", false, "replace Redis keys that already exist (otherwise an existing key is an error)")
+	f.BoolVar(&opts.RedisFlush, "redis-flush", false, "FLUSHDB the target Redis databases first (needs --yes)")
+	f.StringVar(&opts.RedisDBMap, "redis-db-map", "", "map Redis databases, source:target,… (e.g. 0:0,1:0 for single-database targets)")
+	f.BoolVar(&opts.Yes, "yes", false, "confirm destructive options such as --redis-flush")
 	return cmd
 }
 
@@ -96,8 +113,22 @@ func (opts restoreOptions) restorers(log *slog.Logger) ([]part[snapshot.Restorer
 		parts = append(parts, part[snapshot.Restorer]{"mongo", &mongo.Restorer{URI: opts.MongoTo, TLSCAFile: opts.MongoTLSCAFile,
 			NSFrom: opts.MongoNSFrom, NSTo: opts.MongoNSTo, Drop: opts.Drop, Parallel: opts.MongoParallel, Log: log}})
 	}
+	if opts.RedisTo != "" {
+		if opts.RedisFlush && !opts.Yes {
+			return nil, usageErrorf("restore: --redis-flush deletes every key of the target databases: confirm with --yes")
+		}
+		var dbMap map[int]int
+		if opts.RedisDBMap != "" {
+			var err error
+			if dbMap, err = redis.ParseDBMap(opts.RedisDBMap); err != nil {
+				return nil, usageError{fmt.Errorf("restore: --redis-db-map: %w", err)}
+			}
+		}
+		parts = append(parts, part[snapshot.Restorer]{"redis", &redis.Restorer{URL: opts.RedisTo, TLSCAFile: opts.RedisTLSCAFile,
+			Replace: opts.RedisReplace, Flush: opts.RedisFlush, DBMap: dbMap, Log: log}})
+	}
 	if len(parts) == 0 {
-		return nil, usageErrorf("restore: nothing to restore to: give --volume-to DIR and/or --mongo-to URI")
+		return nil, usageErrorf("restore: nothing to restore to: give --volume-to DIR, --mongo-to URI and/or --redis-to URL")
 	}
 	return parts, nil
 }

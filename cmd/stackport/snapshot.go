@@ -14,6 +14,7 @@ import (
 
 	"github.com/stackport/stackport/snapshot"
 	"github.com/stackport/stackport/snapshot/mongo"
+	"github.com/stackport/stackport/snapshot/redis"
 	"github.com/stackport/stackport/snapshot/volume"
 )
 
@@ -31,6 +32,9 @@ type snapshotOptions struct {
 	MongoTLSCAFile string
 	MongoDBs       []string
 	MongoParallel  int
+
+	Redis          string
+	RedisTLSCAFile string
 }
 
 func newSnapshotCommand(g *globalOptions) *cobra.Command {
@@ -85,6 +89,8 @@ func (opts *snapshotOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&opts.MongoTLSCAFile, "mongo-tls-ca-file", "", "PEM file of the CA that signed the MongoDB server's certificate")
 	f.StringArrayVar(&opts.MongoDBs, "mongo-db", nil, "MongoDB database to snapshot (repeatable; default: all but admin, local, config)")
 	f.IntVar(&opts.MongoParallel, "mongo-parallel", 4, "MongoDB collections dumped at once")
+	f.StringVar(&opts.Redis, "redis", "", "Redis to snapshot: redis:// or rediss:// URL (user and password in the URL)")
+	f.StringVar(&opts.RedisTLSCAFile, "redis-tls-ca-file", "", "PEM file of the CA that signed the Redis server's certificate")
 }
 
 // snapshotResult is what snapshot prints with --json.
@@ -109,8 +115,11 @@ func (opts snapshotOptions) dumpers(log *slog.Logger) ([]part[snapshot.Dumper], 
 	if opts.Mongo != "" {
 		parts = append(parts, part[snapshot.Dumper]{"mongo", &mongo.Dumper{URI: opts.Mongo, TLSCAFile: opts.MongoTLSCAFile, DBs: opts.MongoDBs, Parallel: opts.MongoParallel, Log: log}})
 	}
+	if opts.Redis != "" {
+		parts = append(parts, part[snapshot.Dumper]{"redis", &redis.Dumper{URL: opts.Redis, TLSCAFile: opts.RedisTLSCAFile, Log: log}})
+	}
 	if len(parts) == 0 {
-		return nil, usageErrorf("snapshot: nothing to snapshot: give --volume DIR and/or --mongo URI")
+		return nil, usageErrorf("snapshot: nothing to snapshot: give --volume DIR, --mongo URI and/or --redis URL")
 	}
 	return parts, nil
 }

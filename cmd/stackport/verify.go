@@ -7,10 +7,18 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stackport/stackport/snapshot"
+	"github.com/stackport/stackport/snapshot/redis"
 )
 
+type verifyOptions struct {
+	Crypto         cryptoOptions
+	AgainstRedis   string
+	RedisTLSCAFile string
+	RedisDBMap     string
+}
+
 func newVerifyCommand(g *globalOptions) *cobra.Command {
-	var crypto cryptoOptions
+	var opts verifyOptions
 	cmd := &cobra.Command{
 		Use:   "verify [ID|latest]",
 		Short: "Re-read a snapshot and check every object",
@@ -18,16 +26,25 @@ func newVerifyCommand(g *globalOptions) *cobra.Command {
 SHA-256 against the manifest, and decode it fully (for the volume: every tar
 entry, with the same path checks a restore makes). Nothing is written.
 
-Exits 0 when the snapshot is intact and 3 when data is corrupt or missing,
-naming every damaged object.`,
+With --against-redis URL the redis component is also compared with a
+restored target: per database the key count and, per key, type, value
+(DUMP payload) and TTL.
+
+Exits 0 when the snapshot is intact (and matches the target) and 3 when data
+is corrupt or missing or the target differs, naming what is wrong.`,
 		Example: `  stackport verify latest
-  stackport verify 20261125T210000Z-3f9a1c --json`,
+  stackport verify 20261125T210000Z-3f9a1c --json
+  stackport verify latest --against-redis 'rediss://:AUTH@10.0.0.3:6378' --redis-tls-ca-file server-ca.pem`,
 		Args: wrapArgs(cobra.MaximumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runVerify(cmd.Context(), g, crypto, snapshotRef(args))
+			return runVerify(cmd.Context(), g, opts, snapshotRef(args))
 		},
 	}
-	crypto.addDecryptFlags(cmd.Flags())
+	f := cmd.Flags()
+	opts.Crypto.addDecryptFlags(f)
+	f.StringVar(&opts.AgainstRedis, "against-redis", "", "also compare the redis component with this restored Redis")
+	f.StringVar(&opts.RedisTLSCAFile, "redis-tls-ca-file", "", "PEM file of the CA of that Redis")
+	f.StringVar(&opts.RedisDBMap, "redis-db-map", "", "the --redis-db-map the restore used")
 	return cmd
 }
 
@@ -39,15 +56,32 @@ type verifyResult struct {
 	Error   string `json:"error,omitempty"`
 }
 
-func runVerify(ctx context.Context, g *globalOptions, crypto cryptoOptions, ref string) error {
-	repo, m, ropts, err := loadSnapshot(ctx, g, crypto, ref)
+func runVerify(ctx context.Context, g *globalOptions, opts verifyOptions, ref string) error {
+	decode := decoder
+	if opts.AgainstRedis != "" {
+		var dbMap map[int]int
+		if opts.RedisDBMap != "" {
+			var err error
+			if dbMap, err = redis.ParseDBMap(opts.RedisDBMap); err != nil {
+				return usageError{fmt.Errorf("verify: --redis-db-map: %w", err)}
+			}
+		}
+		checker := &redis.Checker{URL: opts.AgainstRedis, TLSCAFile: opts.RedisTLSCAFile, DBMap: dbMap, Log: g.logger()}
+		decode = func(kind string) snapshot.Restorer {
+			if kind == "redis" {
+				return checker
+			}
+			return decoder(kind)
+		}
+	}
+	repo, m, ropts, err := loadSnapshot(ctx, g, opts.Crypto, ref)
 	if err != nil {
 		return err
 	}
 	defer repo.Close()
 	bar := startProgress(g, "verify", m.RawSize())
 	ropts.Progress = bar.Add
-	err = snapshot.Verify(ctx, repo, m, decoder, ropts)
+	err = snapshot.Verify(ctx, repo, m, decode, ropts)
 	bar.Stop()
 	res := verifyResult{ID: m.ID, OK: err == nil, Bytes: m.StoredSize()}
 	for _, c := range m.Components {
