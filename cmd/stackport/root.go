@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"strings"
 
+	goredis "github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 )
@@ -116,9 +118,19 @@ func (g *globalOptions) setup() {
 	} else {
 		g.log = slog.New(slog.NewTextHandler(g.stderr, hopts))
 	}
+	// go-redis logs pool events with its own logger; route them through
+	// ours at debug level so they neither clutter stderr nor break --json.
+	goredis.SetLogger(redisLogger{g.log})
 	if f, ok := g.stderr.(*os.File); ok && !g.JSON && !g.Quiet {
 		g.tty = term.IsTerminal(int(f.Fd()))
 	}
+}
+
+// redisLogger adapts slog to go-redis's logger.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.DebugContext(ctx, "redis client: "+fmt.Sprintf(format, v...))
 }
 
 // logger returns the logger, setting it up for callers that skipped cobra
