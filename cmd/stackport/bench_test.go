@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -10,6 +11,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/stackport/stackport/internal/lab"
 )
 
 // BenchmarkVolume compares stackport with the stock tools on the same
@@ -165,5 +170,59 @@ func genTree(b *testing.B, dir string, size int64) {
 		}
 		write(filepath.Join(dir, "large", fmt.Sprintf("blob%03d.bin", i)), data)
 		written += n
+	}
+}
+
+// BenchmarkRedis dumps and restores BENCH_REDIS_KEYS small keys (default
+// 1,000,000) plus a 64 MiB string and a 200,000-field hash, side by side with
+// redis-cli --rdb on the same server, and reports keys per second, the ratio
+// to redis-cli and stackport's peak RSS.
+func BenchmarkRedis(b *testing.B) {
+	keys := 1_000_000
+	if s := os.Getenv("BENCH_REDIS_KEYS"); s != "" {
+		var err error
+		if keys, err = strconv.Atoi(s); err != nil {
+			b.Fatal(err)
+		}
+	}
+	bin := filepath.Join(b.TempDir(), "stackport")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	_, src := lab.Redis(b)
+	ctx := context.Background()
+	opt, _ := goredis.ParseURL(src)
+	c := goredis.NewClient(opt)
+	defer c.Close()
+	for i := 0; i < keys; i += 10000 {
+		p := c.Pipeline()
+		for j := i; j < min(i+10000, keys); j++ {
+			p.Set(ctx, "session:"+strconv.Itoa(j), "v"+strconv.Itoa(j*7919), 0)
+		}
+		if _, err := p.Exec(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	c.Set(ctx, "big:string", strings.Repeat("appsmith", 8<<20), 0)
+	for i := 0; i < 200_000; i += 10000 {
+		fields := make([]any, 0, 20000)
+		for j := i; j < i+10000; j++ {
+			fields = append(fields, "f"+strconv.Itoa(j), strconv.Itoa(j))
+		}
+		c.HSet(ctx, "big:hash", fields...)
+	}
+	b.ResetTimer()
+	for range b.N {
+		work := b.TempDir()
+		stock, _ := run(b, "redis-cli", "-u", src, "--rdb", filepath.Join(work, "dump.rdb"))
+		dump, dumpRSS := run(b, bin, "snapshot", "-q", "--repo", "file://"+work+"/repo", "--redis", src)
+		_, dst := lab.Redis(b)
+		restore, restoreRSS := run(b, bin, "restore", "-q", "--repo", "file://"+work+"/repo", "--redis-to", dst)
+		n := float64(keys + 2)
+		b.ReportMetric(n/dump.Seconds(), "dump-keys/s")
+		b.ReportMetric(dump.Seconds()/stock.Seconds(), "dump-time/redis-cli-rdb")
+		b.ReportMetric(n/restore.Seconds(), "restore-keys/s")
+		b.ReportMetric(float64(dumpRSS)/(1<<20), "dump-peak-RSS-MiB")
+		b.ReportMetric(float64(restoreRSS)/(1<<20), "restore-peak-RSS-MiB")
 	}
 }
