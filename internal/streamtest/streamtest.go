@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"testing"
 
 	"github.com/stackport/stackport/snapshot"
 )
@@ -147,6 +148,27 @@ func (c *content) Read(p []byte) (int, error) {
 func (c *content) Close() error {
 	c.closed = true
 	return nil
+}
+
+// Edit replaces the content of the stream called name with f of a copy of
+// it, or removes the stream when f returns nil (a missing stream). It fails t
+// when there is no such stream.
+func (r *Reader) Edit(t testing.TB, name string, f func([]byte) []byte) *Reader {
+	t.Helper()
+	for i, s := range r.Streams {
+		if s.Name != name {
+			continue
+		}
+		data := f(bytes.Clone(s.Data))
+		if data == nil {
+			r.Streams = append(r.Streams[:i:i], r.Streams[i+1:]...)
+		} else {
+			r.Streams[i].Data = data
+		}
+		return r
+	}
+	t.Fatalf("streamtest: no stream %q", name)
+	return r
 }
 
 // AllRead reports whether every stream was opened, read to its end and

@@ -1,0 +1,250 @@
+package postgres
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stackport/stackport/snapshot"
+	"golang.org/x/sync/errgroup"
+)
+
+// Dumper writes schemas of a PostgreSQL database as the streams described
+// in the package documentation.
+type Dumper struct {
+	// URL is a postgres:// URL or a key=value connection string.
+	URL string
+	// Schemas are the schemas to dump; empty: every schema but
+	// information_schema and the pg_* schemas.
+	Schemas []string
+	// Parallel is the number of tables copied at once (default 4).
+	Parallel int
+	// PgDump is the path of pg_dump; empty: pg_dump in PATH, else
+	// /usr/lib/postgresql/<server major version>/bin/pg_dump, the first
+	// that is not older than the server.
+	PgDump string
+	Log    *slog.Logger // nil: slog.Default()
+}
+
+// Dump implements snapshot.Dumper. Its stats are tables, rows, bytes (of
+// row data), sequences, and per table rows:<schema>.<table> and
+// bytes:<schema>.<table> (names escaped as in stream names). On error the
+// stream being written is left unclosed, so the pipeline aborts it.
+func (d *Dumper) Dump(ctx context.Context, out snapshot.StreamWriter) (snapshot.Stats, error) {
+	log := logger(d.Log)
+	stats := snapshot.Stats{"tables": 0, "rows": 0, "bytes": 0, "sequences": 0}
+	src, err := openSource(ctx, d.URL)
+	if err != nil {
+		return stats, err
+	}
+	defer src.close()
+	pgDump, err := findPgDump(ctx, d.PgDump, src.versionNum, src.version)
+	if err != nil {
+		return stats, err
+	}
+	schemas, tables, err := src.tables(ctx, d.Schemas)
+	if err != nil {
+		return stats, err
+	}
+	args, err := d.pgDumpArgs(ctx, src, schemas)
+	if err != nil {
+		return stats, err
+	}
+	m := &meta{
+		Version:          metaVersion,
+		ServerVersion:    src.version,
+		ServerVersionNum: src.versionNum,
+		PgDumpVersion:    pgDump.version,
+		Database:         src.database,
+		Schemas:          schemas,
+		Tables:           tables,
+	}
+	log.Info("postgres: snapshot", "database", src.database, "schemas", len(schemas), "tables", len(tables), "pg_dump", pgDump.path)
+	if err := writeStream(out, metaStream, func(w io.Writer) error {
+		return json.NewEncoder(w).Encode(m)
+	}); err != nil {
+		return stats, err
+	}
+	// pg_dump writes pre-data while the tables are copied.
+	pre, err := out.Create(preDataStream)
+	if err != nil {
+		return stats, fmt.Errorf("postgres: create %s: %w", preDataStream, err)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return finishStream(pre, preDataStream, func(w io.Writer) error {
+			return pgDump.run(gctx, d.URL, w, append([]string{"--section=pre-data"}, args...)...)
+		})
+	})
+	var mu sync.Mutex
+	g.Go(func() error {
+		return src.eachTable(gctx, d.Parallel, tables, func(ctx context.Context, conn *pgx.Conn, t *table) error {
+			rows, n, err := dumpTable(ctx, conn, out, t)
+			if err != nil {
+				return err
+			}
+			log.Debug("postgres: table copied", "table", t.key(), "rows", rows, "bytes", n)
+			mu.Lock()
+			defer mu.Unlock()
+			addTable(stats, t, rows, n)
+			return nil
+		})
+	})
+	if err := g.Wait(); err != nil {
+		return stats, err
+	}
+
+	if err := writeStream(out, postDataStream, func(w io.Writer) error {
+		return pgDump.run(ctx, d.URL, w, append([]string{"--section=post-data"}, args...)...)
+	}); err != nil {
+		return stats, err
+	}
+	if err := writeStream(out, sequencesStream, func(w io.Writer) error {
+		n, err := writeSequences(ctx, src.conn, schemas, w)
+		stats.Add("sequences", n)
+		return err
+	}); err != nil {
+		return stats, err
+	}
+	return stats, nil
+}
+
+// dumpTable writes a table's data stream: its rows in COPY text format,
+// then the end-of-data line. It returns the number of rows and their bytes.
+func dumpTable(ctx context.Context, conn *pgx.Conn, out snapshot.StreamWriter, t *table) (rows, n int64, err error) {
+	err = writeStream(out, t.Stream, func(w io.Writer) error {
+		cw := &countWriter{w: w}
+		if rows, err = copyOut(ctx, conn, t, cw); err != nil {
+			return err
+		}
+		n = cw.n
+		_, err = io.WriteString(w, endOfData)
+		return err
+	})
+	return rows, n, err
+}
+
+// addTable adds a table's counts to stats.
+func addTable(stats snapshot.Stats, t *table, rows, bytes int64) {
+	stats.Add("tables", 1)
+	stats.Add("rows", rows)
+	stats.Add("bytes", bytes)
+	stats.Add("rows:"+t.key(), rows)
+	stats.Add("bytes:"+t.key(), bytes)
+}
+
+// pgDumpArgs returns the arguments of both pg_dump runs but --section, and
+// refuses large objects, which the snapshot would not hold.
+func (d *Dumper) pgDumpArgs(ctx context.Context, src *source, schemas []string) ([]string, error) {
+	args := []string{"--snapshot=" + src.snapshot, "--encoding=UTF8", "--no-password"}
+	var blobs int64
+	if err := src.conn.QueryRow(ctx, "SELECT count(*) FROM pg_largeobject_metadata").Scan(&blobs); err != nil {
+		return nil, fmt.Errorf("postgres: count large objects: %w", err)
+	}
+	if len(d.Schemas) == 0 {
+		if blobs > 0 {
+			return nil, fmt.Errorf("postgres: database %s has %d large objects, which stackport does not snapshot: "+
+				"move them into bytea columns (or dump them with pg_dump) and remove them, or choose the schemas to snapshot", src.database, blobs)
+		}
+		return args, nil
+	}
+	if blobs > 0 {
+		logger(d.Log).Warn("postgres: large objects belong to no schema and are not in the snapshot", "database", src.database, "count", blobs)
+	}
+	// pg_dump dumps the extensions of the chosen schemas only when asked.
+	rows, err := src.conn.Query(ctx, `SELECT e.extname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+		WHERE n.nspname = ANY($1) ORDER BY 1`, schemas)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list extensions: %w", err)
+	}
+	exts, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list extensions: %w", err)
+	}
+	for _, s := range schemas {
+		args = append(args, "--schema="+pgDumpPattern(s))
+	}
+	for _, e := range exts {
+		args = append(args, "--extension="+pgDumpPattern(e))
+	}
+	return args, nil
+}
+
+// pgDumpPattern returns a pg_dump pattern that matches exactly name.
+func pgDumpPattern(name string) string { return pgx.Identifier{name}.Sanitize() }
+
+// writeSequences writes a pg_catalog.setval call for every sequence of the
+// schemas, with the values of the source's snapshot, and returns their
+// number.
+func writeSequences(ctx context.Context, conn *pgx.Conn, schemas []string, w io.Writer) (int64, error) {
+	rows, err := conn.Query(ctx, `SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.relkind = 'S' AND n.nspname = ANY($1) AND NOT `+extensionMember+` ORDER BY 1, 2`, schemas)
+	if err != nil {
+		return 0, fmt.Errorf("postgres: list sequences: %w", err)
+	}
+	seqs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (string, error) {
+		var schema, name string
+		err := row.Scan(&schema, &name)
+		return pgx.Identifier{schema, name}.Sanitize(), err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("postgres: list sequences: %w", err)
+	}
+	bw := bufio.NewWriter(w)
+	for _, seq := range seqs {
+		var last int64
+		var called bool
+		if err := conn.QueryRow(ctx, "SELECT last_value, is_called FROM "+seq).Scan(&last, &called); err != nil {
+			return 0, fmt.Errorf("postgres: read sequence %s: %w", seq, err)
+		}
+		fmt.Fprintf(bw, "SELECT pg_catalog.setval(%s, %d, %s);\n", quoteLiteral(seq), last, strconv.FormatBool(called))
+	}
+	if err := bw.Flush(); err != nil {
+		return 0, err
+	}
+	return int64(len(seqs)), nil
+}
+
+// writeStream creates the stream name and finishes it with finishStream.
+func writeStream(out snapshot.StreamWriter, name string, fn func(io.Writer) error) error {
+	w, err := out.Create(name)
+	if err != nil {
+		return fmt.Errorf("postgres: create %s: %w", name, err)
+	}
+	return finishStream(w, name, fn)
+}
+
+// finishStream writes the stream w, called name, with fn through a buffer
+// and closes it. On error the stream is left unclosed, so that the pipeline
+// aborts it.
+func finishStream(w io.WriteCloser, name string, fn func(io.Writer) error) error {
+	bw := bufio.NewWriterSize(w, copyBufSize)
+	if err := fn(bw); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("postgres: write %s: %w", name, err)
+	}
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("postgres: close %s: %w", name, err)
+	}
+	return nil
+}
+
+// countWriter counts the bytes written through it.
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}

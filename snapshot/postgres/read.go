@@ -1,0 +1,152 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/stackport/stackport/snapshot"
+)
+
+// A sink receives the streams of a snapshot from readSnapshot, in order:
+// begin, script(pre-data), table for each table, script(post-data),
+// script(sequences), end.
+type sink interface {
+	begin(m *meta) error
+	// script handles an SQL script; it must read sc to io.EOF.
+	script(name string, sc *scanner) error
+	// table handles a table's rows; it must read r to io.EOF.
+	table(t *table, r *copyReader) error
+	end() error
+}
+
+// readSnapshot reads the streams of a snapshot in the order Dump writes
+// them, checks that every table listed in meta.json has exactly one data
+// stream, decodes every stream and passes it to s.
+func readSnapshot(ctx context.Context, in snapshot.StreamReader, s sink) (snapshot.Stats, error) {
+	stats := snapshot.Stats{"tables": 0, "rows": 0, "bytes": 0}
+	var m *meta
+	if err := readNext(in, metaStream, func(r io.Reader) (err error) {
+		m, err = readMeta(r)
+		return err
+	}); err != nil {
+		return stats, err
+	}
+	if err := s.begin(m); err != nil {
+		return stats, err
+	}
+	script := func(name string) func(io.Reader) error {
+		return func(r io.Reader) error { return s.script(name, newScanner(ctx, r, name)) }
+	}
+	if err := readNext(in, preDataStream, script(preDataStream)); err != nil {
+		return stats, err
+	}
+
+	// The data streams, in any order, up to post-data.sql.
+	byStream := make(map[string]*table, len(m.Tables))
+	for _, t := range m.Tables {
+		byStream[t.Stream] = t
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return stats, fmt.Errorf("postgres: %w", err)
+		}
+		name, rc, err := next(in, postDataStream)
+		if err != nil {
+			return stats, err
+		}
+		if name == postDataStream {
+			if err := checkAllTables(m, byStream); err != nil {
+				rc.Close()
+				return stats, err
+			}
+			if err := readStream(name, rc, postDataStream, script(postDataStream)); err != nil {
+				return stats, err
+			}
+			break
+		}
+		t := byStream[name]
+		if t == nil {
+			rc.Close()
+			return stats, corrupt(name, "unexpected stream (not a table of %s, or a second stream for one)", metaStream)
+		}
+		delete(byStream, name)
+		cr := newCopyReader(ctx, rc, t)
+		err = s.table(t, cr)
+		if cerr := rc.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("postgres: close %s: %w", name, cerr)
+		}
+		if err == nil && !cr.done {
+			err = fmt.Errorf("postgres: %s: not read to its end", name) // a bug of the sink
+		}
+		if err != nil {
+			return stats, err
+		}
+		addTable(stats, t, cr.rows, cr.bytes)
+	}
+
+	if err := readNext(in, sequencesStream, script(sequencesStream)); err != nil {
+		return stats, err
+	}
+	switch name, rc, err := in.Next(); {
+	case err == nil:
+		rc.Close()
+		return stats, corrupt(name, "unexpected stream after %s", sequencesStream)
+	case !errors.Is(err, io.EOF):
+		return stats, fmt.Errorf("postgres: after %s: %w", sequencesStream, err)
+	}
+	return stats, s.end()
+}
+
+// checkAllTables returns an error naming the tables of m whose data
+// streams are still in byStream, not read.
+func checkAllTables(m *meta, byStream map[string]*table) error {
+	if len(byStream) == 0 {
+		return nil
+	}
+	var missing []string
+	for _, t := range m.Tables {
+		if byStream[t.Stream] != nil {
+			missing = append(missing, t.key())
+		}
+	}
+	return fmt.Errorf("postgres: no data stream for table %s: %w", strings.Join(missing, ", "), snapshot.ErrCorrupt)
+}
+
+// readNext reads the next stream, which must be called want, with fn.
+func readNext(in snapshot.StreamReader, want string, fn func(io.Reader) error) error {
+	got, rc, err := next(in, want)
+	if err != nil {
+		return err
+	}
+	return readStream(got, rc, want, fn)
+}
+
+// next returns the next stream; the end of the streams is an error naming
+// the stream that was expected.
+func next(in snapshot.StreamReader, want string) (string, io.ReadCloser, error) {
+	name, rc, err := in.Next()
+	switch {
+	case errors.Is(err, io.EOF):
+		return "", nil, fmt.Errorf("postgres: missing stream %s: %w", want, snapshot.ErrCorrupt)
+	case err != nil:
+		return "", nil, fmt.Errorf("postgres: open stream after %s: %w", want, err)
+	}
+	return name, rc, nil
+}
+
+// readStream checks that the stream got is the one wanted and reads it with
+// fn, then closes it.
+func readStream(got string, rc io.ReadCloser, want string, fn func(io.Reader) error) error {
+	if got != want {
+		rc.Close()
+		return corrupt(got, "unexpected stream, want %s", want)
+	}
+	err := fn(rc)
+	if cerr := rc.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("postgres: close %s: %w", want, cerr)
+	}
+	return err
+}
