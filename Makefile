@@ -29,6 +29,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeManifest$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2s ./snapshot/
 	$(GO) test -run '^$$' -fuzz '^FuzzBSONStream$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2s ./snapshot/mongo/
 	$(GO) test -run '^$$' -fuzz '^FuzzFrames$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2s ./snapshot/redis/
+	$(GO) test -run '^$$' -fuzz '^FuzzCopyStream$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2s ./snapshot/postgres/
 
 # demo shows the main job on a fresh machine: snapshot a sample volume into a
 # repository, list, verify, export and restore it, and compare the trees.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/stackport/stackport/snapshot"
 	"github.com/stackport/stackport/snapshot/mongo"
+	"github.com/stackport/stackport/snapshot/postgres"
 	"github.com/stackport/stackport/snapshot/redis"
 	"github.com/stackport/stackport/snapshot/volume"
 )
@@ -27,27 +28,29 @@ type exportOptions struct {
 func newExportCommand(g *globalOptions) *cobra.Command {
 	var opts exportOptions
 	cmd := &cobra.Command{
-		Use:   "export [ID|latest] --component volume|mongo|redis --out FILE|DIR",
+		Use:   "export [ID|latest] --component volume|mongo|redis|postgres --out FILE|DIR",
 		Short: "Write a component of a snapshot in its stock format",
 		Long: `Write one component of a snapshot as a file that the stock tools read, checking
 every checksum on the way: for the volume, a plain tar that GNU tar extracts;
 for mongo, a directory that mongorestore --dir reads (with oplog.bson for
 --oplogReplay when the snapshot has one); for redis, an RDB file that
-redis-server loads at start-up and Memorystore imports from a bucket.
+redis-server loads at start-up and Memorystore imports from a bucket; for
+postgres, one plain SQL file that psql -f restores into an empty database.
 
 The file appears under its name only when it is complete; "-" writes to stdout.`,
 		Example: `  stackport export latest --component volume --out appsmith-stacks.tar
   tar -tvf appsmith-stacks.tar | head
   stackport export latest --component volume --out - | tar -x -C /tmp/restore
   stackport export latest --component mongo --out dump/ && mongorestore --dir dump/
-  stackport export latest --component redis --out dump.rdb`,
+  stackport export latest --component redis --out dump.rdb
+  stackport export latest --component postgres --out appsmith.sql && psql -f appsmith.sql`,
 		Args: wrapArgs(cobra.MaximumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runExport(cmd.Context(), g, opts, snapshotRef(args))
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&opts.Component, "component", "volume", "component to export (volume, mongo, redis)")
+	f.StringVar(&opts.Component, "component", "volume", "component to export (volume, mongo, redis, postgres)")
 	f.StringVarP(&opts.Out, "out", "o", "", "output file, or - for stdout")
 	opts.Crypto.addDecryptFlags(f)
 	return cmd
@@ -83,8 +86,9 @@ func runExport(ctx context.Context, g *globalOptions, opts exportOptions, ref st
 
 // exporters write a component of a snapshot to out in its stock format.
 var exporters = map[string]func(ctx context.Context, g *globalOptions, in snapshot.StreamReader, out string) error{
-	"volume": toFile(volume.Export),
-	"redis":  toFile(redis.Export),
+	"volume":   toFile(volume.Export),
+	"redis":    toFile(redis.Export),
+	"postgres": toFile(postgres.ExportSQL),
 	"mongo": func(ctx context.Context, g *globalOptions, in snapshot.StreamReader, out string) error {
 		if out == "-" {
 			return usageErrorf("the mongo component is a directory: give --out DIR")

@@ -6,6 +6,7 @@ import (
 
 	"github.com/stackport/stackport/snapshot"
 	"github.com/stackport/stackport/snapshot/mongo"
+	"github.com/stackport/stackport/snapshot/postgres"
 	"github.com/stackport/stackport/snapshot/redis"
 	"github.com/stackport/stackport/snapshot/volume"
 	"github.com/stackport/stackport/storage"
@@ -30,6 +31,8 @@ func decoder(kind string) snapshot.Restorer {
 		return mongo.Verifier{}
 	case "redis":
 		return redis.Verifier{}
+	case "postgres":
+		return postgres.Verifier{}
 	}
 	return nil
 }

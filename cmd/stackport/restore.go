@@ -14,6 +14,7 @@ import (
 
 	"github.com/stackport/stackport/snapshot"
 	"github.com/stackport/stackport/snapshot/mongo"
+	"github.com/stackport/stackport/snapshot/postgres"
 	"github.com/stackport/stackport/snapshot/redis"
 	"github.com/stackport/stackport/snapshot/volume"
 )
@@ -37,6 +38,11 @@ type restoreOptions struct {
 	RedisFlush     bool
 	RedisDBMap     string
 	Yes            bool
+
+	PostgresTo         string
+	PostgresKeepOwners bool
+	PostgresClean      bool
+	PostgresParallel   int
 }
 
 func newRestoreCommand(g *globalOptions) *cobra.Command {
@@ -62,7 +68,9 @@ rejected by name.`,
     --mongo-ns-from appsmith --mongo-ns-to appsmith_prod
   # Redis into Memorystore (TLS, AUTH, one database)
   stackport restore latest --redis-to 'rediss://:AUTH_STRING@10.0.0.3:6378' \
-    --redis-tls-ca-file server-ca.pem --redis-db-map 0:0,1:0`,
+    --redis-tls-ca-file server-ca.pem --redis-db-map 0:0,1:0
+  # PostgreSQL into Cloud SQL, as the cloudsqlsuperuser-like application role
+  stackport restore latest --postgres-to 'postgres://appsmith:PASS@10.0.0.5:5432/appsmith?sslmode=require'`,
 		Args: wrapArgs(cobra.MaximumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runRestore(cmd.Context(), g, opts, snapshotRef(args))
@@ -85,6 +93,10 @@ rejected by name.`,
 	f.BoolVar(&opts.RedisFlush, "redis-flush", false, "FLUSHDB the target Redis databases first (needs --yes)")
 	f.StringVar(&opts.RedisDBMap, "redis-db-map", "", "map Redis databases, source:target,… (e.g. 0:0,1:0 for single-database targets)")
 	f.BoolVar(&opts.Yes, "yes", false, "confirm destructive options such as --redis-flush")
+	f.StringVar(&opts.PostgresTo, "postgres-to", "", "restore PostgreSQL into this database URL (Cloud SQL, PostgreSQL); the role need not be a superuser")
+	f.BoolVar(&opts.PostgresKeepOwners, "postgres-keep-owners", false, "keep owners and privileges (needs a role that may set them)")
+	f.BoolVar(&opts.PostgresClean, "postgres-clean", false, "drop what the target already holds in the restored schemas first")
+	f.IntVar(&opts.PostgresParallel, "postgres-parallel", 4, "PostgreSQL workers per index build")
 	return cmd
 }
 
@@ -127,8 +139,12 @@ func (opts restoreOptions) restorers(log *slog.Logger) ([]part[snapshot.Restorer
 		parts = append(parts, part[snapshot.Restorer]{"redis", &redis.Restorer{URL: opts.RedisTo, TLSCAFile: opts.RedisTLSCAFile,
 			Replace: opts.RedisReplace, Flush: opts.RedisFlush, DBMap: dbMap, Log: log}})
 	}
+	if opts.PostgresTo != "" {
+		parts = append(parts, part[snapshot.Restorer]{"postgres", &postgres.Restorer{URL: opts.PostgresTo, KeepOwners: opts.PostgresKeepOwners,
+			Clean: opts.PostgresClean, Parallel: opts.PostgresParallel, Log: log}})
+	}
 	if len(parts) == 0 {
-		return nil, usageErrorf("restore: nothing to restore to: give --volume-to DIR, --mongo-to URI and/or --redis-to URL")
+		return nil, usageErrorf("restore: nothing to restore to: give --volume-to DIR, --mongo-to URI, --redis-to URL and/or --postgres-to URL")
 	}
 	return parts, nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/stackport/stackport/snapshot"
 	"github.com/stackport/stackport/snapshot/mongo"
+	"github.com/stackport/stackport/snapshot/postgres"
 	"github.com/stackport/stackport/snapshot/redis"
 	"github.com/stackport/stackport/snapshot/volume"
 )
@@ -35,6 +36,11 @@ type snapshotOptions struct {
 
 	Redis          string
 	RedisTLSCAFile string
+
+	Postgres         string
+	PostgresSchemas  []string
+	PostgresParallel int
+	PgDump           string
 }
 
 func newSnapshotCommand(g *globalOptions) *cobra.Command {
@@ -91,6 +97,10 @@ func (opts *snapshotOptions) addFlags(f *pflag.FlagSet) {
 	f.IntVar(&opts.MongoParallel, "mongo-parallel", 4, "MongoDB collections dumped at once")
 	f.StringVar(&opts.Redis, "redis", "", "Redis to snapshot: redis:// or rediss:// URL (user and password in the URL)")
 	f.StringVar(&opts.RedisTLSCAFile, "redis-tls-ca-file", "", "PEM file of the CA that signed the Redis server's certificate")
+	f.StringVar(&opts.Postgres, "postgres", "", "PostgreSQL to snapshot: postgres:// URL or key=value DSN")
+	f.StringArrayVar(&opts.PostgresSchemas, "postgres-schema", nil, "PostgreSQL schema to snapshot (repeatable; default: all non-system schemas)")
+	f.IntVar(&opts.PostgresParallel, "postgres-parallel", 4, "PostgreSQL tables copied at once")
+	f.StringVar(&opts.PgDump, "pg-dump", "", "pg_dump to use (default: from PATH, else the server's major version under /usr/lib/postgresql)")
 }
 
 // snapshotResult is what snapshot prints with --json.
@@ -118,8 +128,12 @@ func (opts snapshotOptions) dumpers(log *slog.Logger) ([]part[snapshot.Dumper], 
 	if opts.Redis != "" {
 		parts = append(parts, part[snapshot.Dumper]{"redis", &redis.Dumper{URL: opts.Redis, TLSCAFile: opts.RedisTLSCAFile, Log: log}})
 	}
+	if opts.Postgres != "" {
+		parts = append(parts, part[snapshot.Dumper]{"postgres", &postgres.Dumper{URL: opts.Postgres, Schemas: opts.PostgresSchemas,
+			Parallel: opts.PostgresParallel, PgDump: opts.PgDump, Log: log}})
+	}
 	if len(parts) == 0 {
-		return nil, usageErrorf("snapshot: nothing to snapshot: give --volume DIR, --mongo URI and/or --redis URL")
+		return nil, usageErrorf("snapshot: nothing to snapshot: give --volume DIR, --mongo URI, --redis URL and/or --postgres URL")
 	}
 	return parts, nil
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stackport/stackport/snapshot"
+	"github.com/stackport/stackport/snapshot/postgres"
 	"github.com/stackport/stackport/snapshot/redis"
 )
 
@@ -15,6 +16,8 @@ type verifyOptions struct {
 	AgainstRedis   string
 	RedisTLSCAFile string
 	RedisDBMap     string
+
+	AgainstPostgres string
 }
 
 func newVerifyCommand(g *globalOptions) *cobra.Command {
@@ -45,7 +48,35 @@ is corrupt or missing or the target differs, naming what is wrong.`,
 	f.StringVar(&opts.AgainstRedis, "against-redis", "", "also compare the redis component with this restored Redis")
 	f.StringVar(&opts.RedisTLSCAFile, "redis-tls-ca-file", "", "PEM file of the CA of that Redis")
 	f.StringVar(&opts.RedisDBMap, "redis-db-map", "", "the --redis-db-map the restore used")
+	f.StringVar(&opts.AgainstPostgres, "against-postgres", "", "also compare every table's row count and row digest with this restored PostgreSQL")
 	return cmd
+}
+
+// against returns decoders that use check for kind and next for the others.
+func against(next func(string) snapshot.Restorer, kind string, check snapshot.Restorer) func(string) snapshot.Restorer {
+	return func(k string) snapshot.Restorer {
+		if k == kind {
+			return check
+		}
+		return next(k)
+	}
+}
+
+// postgresChecker decodes the postgres component, collecting each table's
+// row count and digest, and compares them with a live database.
+type postgresChecker struct{ url string }
+
+func (c postgresChecker) Restore(ctx context.Context, in snapshot.StreamReader) (snapshot.Stats, error) {
+	want := map[string]postgres.TableDigest{}
+	stats, err := postgres.Verifier{Digests: want}.Restore(ctx, in)
+	if err != nil {
+		return stats, err
+	}
+	got, err := postgres.Digest(ctx, c.url, nil)
+	if err != nil {
+		return stats, err
+	}
+	return stats, postgres.Compare(want, got)
 }
 
 type verifyResult struct {
@@ -67,12 +98,10 @@ func runVerify(ctx context.Context, g *globalOptions, opts verifyOptions, ref st
 			}
 		}
 		checker := &redis.Checker{URL: opts.AgainstRedis, TLSCAFile: opts.RedisTLSCAFile, DBMap: dbMap, Log: g.logger()}
-		decode = func(kind string) snapshot.Restorer {
-			if kind == "redis" {
-				return checker
-			}
-			return decoder(kind)
-		}
+		decode = against(decode, "redis", checker)
+	}
+	if opts.AgainstPostgres != "" {
+		decode = against(decode, "postgres", postgresChecker{url: opts.AgainstPostgres})
 	}
 	repo, m, ropts, err := loadSnapshot(ctx, g, opts.Crypto, ref)
 	if err != nil {
