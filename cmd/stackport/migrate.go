@@ -1,19 +1,279 @@
 package main
 
 import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/stackport/stackport/migrate"
+	"github.com/stackport/stackport/snapshot"
+	"github.com/stackport/stackport/storage"
 )
 
-// newMigrateCommand is a placeholder until the migrate command lands.
+// migrateOptions are the flags of migrate: the sources are snapshot's
+// flags (whose compression, encryption and tag flags also shape the --repo
+// copy), the targets restore's --*-to flags.
+type migrateOptions struct {
+	Source snapshotOptions
+	Target restoreOptions
+}
+
 func newMigrateCommand(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
-		Use:     "migrate",
-		Short:   "Move the monolith's data into managed services (not yet available)",
-		Example: "  stackport migrate --help",
-		Hidden:  true,
-		Args:    wrapArgs(cobra.NoArgs),
+	var opts migrateOptions
+	cmd := &cobra.Command{
+		Use:   "migrate --volume DIR --volume-to DIR [--mongo URI --mongo-to URI] [flags]",
+		Short: "Move every component straight from its source to its target, then verify it",
+		Long: `Move the components of the monolith to their new homes in one run, without an
+intermediate archive: the volume into another directory (a Filestore or NFS
+mount), MongoDB into Atlas, DocumentDB or another MongoDB. Each source is
+named by a snapshot flag (--volume, --mongo) and needs the target of the same
+component (--volume-to, --mongo-to); a source without a target, or a target
+without a source, is a usage error.
+
+Every component moves concurrently, its stream going straight from the
+source's reader into the target's writer, with the same code as snapshot and
+restore. The first failure stops them all: the volume target is left as it
+was, a MongoDB target may hold the collections loaded so far (run again with
+--drop). With --repo (or STACKPORT_REPO) the run also keeps a snapshot of
+what it moved, tagged migration=<start time>, committed only when every
+component moved.
+
+Then every target is compared with its source: the volume entry by entry
+(content SHA-256, mode, mtime, symlink targets), MongoDB collection by
+collection (document count and a digest of the raw documents). Stop the
+application's writers first: changes made during the run show up as
+differences.
+
+A report (component, items, bytes, time, result) is printed on stderr, or
+with --json as one JSON object on stdout. Exits 0 when every component moved
+and matches, 3 when a target differs from its source, 1 on other failures.`,
+		Example: `  # the Appsmith volume onto a Filestore mount and its MongoDB into Atlas, with a snapshot on the way
+  stackport migrate --repo 's3://backups?region=eu-west-1&prefix=appsmith/' \
+    --volume /appsmith-stacks --exclude data/mongodb --exclude logs --volume-to /mnt/filestore/stacks \
+    --mongo 'mongodb://127.0.0.1:27017/?directConnection=true' --mongo-db appsmith \
+    --mongo-to 'mongodb+srv://user:pass@cluster0.example.mongodb.net/'
+
+  # MongoDB only, appsmith.* as appsmith_prod.*, replacing what the target holds
+  stackport migrate --mongo mongodb://127.0.0.1:27017/ \
+    --mongo-to mongodb://10.0.0.5:27017/ --mongo-ns-from appsmith --mongo-ns-to appsmith_prod --drop --json`,
+		Args: wrapArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return usageErrorf("migrate is not available in this build yet")
+			return runMigrate(cmd.Context(), g, opts)
 		},
 	}
+	opts.addFlags(cmd.Flags())
+	return cmd
+}
+
+// addFlags adds snapshot's flags for the sources and restore's --*-to flags
+// for the targets.
+func (opts *migrateOptions) addFlags(f *pflag.FlagSet) {
+	opts.Source.addFlags(f)
+	f.Lookup("volume").Usage = "directory to migrate (the persistent volume)"
+	f.Lookup("mongo").Usage = "MongoDB to migrate: mongodb:// or mongodb+srv:// URI (credentials and TLS options in the URI)"
+	f.Lookup("mongo-parallel").Usage = "MongoDB collections dumped, and insert batches sent, at once"
+	t := &opts.Target
+	f.StringVar(&t.VolumeTo, "volume-to", "", "move the volume into this directory")
+	f.BoolVar(&t.Force, "force", false, "replace the content of a non-empty volume target")
+	f.StringVar(&t.Chown, "chown", "", "give every file of the volume target this owner, UID:GID")
+	f.StringVar(&t.MongoTo, "mongo-to", "", "move MongoDB into this URI (Atlas, DocumentDB, MongoDB)")
+	f.StringVar(&t.MongoTLSCAFile, "mongo-to-tls-ca-file", "", "PEM file of the CA of the target MongoDB (DocumentDB: global-bundle.pem)")
+	f.StringVar(&t.MongoNSFrom, "mongo-ns-from", "", "rename a database on the way: from this name (e.g. appsmith)…")
+	f.StringVar(&t.MongoNSTo, "mongo-ns-to", "", "…to this one (e.g. appsmith_prod)")
+	f.BoolVar(&t.Drop, "drop", false, "drop target MongoDB collections first (otherwise a collection with documents is refused)")
+}
+
+// pairs matches the sources with the targets by kind.
+func (opts migrateOptions) pairs(log *slog.Logger) ([]migrate.Pair, error) {
+	opts.Target.MongoParallel = opts.Source.MongoParallel
+	if err := opts.checkDistinct(); err != nil {
+		return nil, err
+	}
+	sources, err := opts.Source.dumpers(log)
+	if err != nil {
+		return nil, fmt.Errorf("migrate: %w", err)
+	}
+	targets, err := opts.Target.restorers(log)
+	if err != nil {
+		return nil, fmt.Errorf("migrate: %w", err)
+	}
+	var pairs []migrate.Pair
+	for _, s := range sources {
+		i := slices.IndexFunc(targets, func(t part[snapshot.Restorer]) bool { return t.kind == s.kind })
+		if i < 0 {
+			return nil, usageErrorf("migrate: the %s source has no target: give --%s-to", s.kind, s.kind)
+		}
+		pairs = append(pairs, migrate.Pair{Kind: s.kind, Dumper: s.impl, Restorer: targets[i].impl, Check: opts.check(s.kind)})
+	}
+	for _, t := range targets {
+		if !slices.ContainsFunc(sources, func(s part[snapshot.Dumper]) bool { return s.kind == t.kind }) {
+			return nil, usageErrorf("migrate: the %s target has no source: give --%s", t.kind, t.kind)
+		}
+	}
+	return pairs, nil
+}
+
+// checkDistinct refuses a target that is its own source: a volume target
+// inside the source (it would copy itself) or the source MongoDB without a
+// rename (--drop would drop what is being read).
+func (opts migrateOptions) checkDistinct() error {
+	s, t := opts.Source, opts.Target
+	if s.Volume != "" && t.VolumeTo != "" {
+		src, err1 := filepath.Abs(s.Volume)
+		dst, err2 := filepath.Abs(t.VolumeTo)
+		if err1 == nil && err2 == nil && (dst == src || strings.HasPrefix(dst, src+string(filepath.Separator))) {
+			return usageErrorf("migrate: --volume-to %s is inside the source volume %s", t.VolumeTo, s.Volume)
+		}
+	}
+	if s.Mongo != "" && s.Mongo == t.MongoTo && t.MongoNSFrom == "" {
+		return usageErrorf("migrate: --mongo-to is the source MongoDB; rename the databases with --mongo-ns-from/--mongo-ns-to or give another target")
+	}
+	return nil
+}
+
+// check returns how to compare the target of kind with its source, or nil
+// for kinds without a check.
+func (opts migrateOptions) check(kind string) func(context.Context) error {
+	s, t := opts.Source, opts.Target
+	switch kind {
+	case "volume":
+		return migrate.VolumeCheck{Source: s.Volume, Target: t.VolumeTo, Exclude: s.Exclude, SkipUnreadable: s.SkipUnreadable}.Check
+	case "mongo":
+		return migrate.MongoCheck{Source: s.Mongo, Target: t.MongoTo, SourceTLSCAFile: s.MongoTLSCAFile, TargetTLSCAFile: t.MongoTLSCAFile,
+			DBs: s.MongoDBs, NSFrom: t.MongoNSFrom, NSTo: t.MongoNSTo, Parallel: s.MongoParallel}.Check
+	}
+	return nil
+}
+
+// tee starts the snapshot that keeps a copy of the run in the --repo
+// repository, or returns nil without a repository.
+func (opts migrateOptions) tee(ctx context.Context, g *globalOptions, start time.Time) (*snapshot.Writer, *storage.Repo, error) {
+	if g.Repo == "" {
+		return nil, nil, nil
+	}
+	s := opts.Source
+	comp, err := snapshot.ParseCompression(s.Compression)
+	if err == nil {
+		err = comp.CheckLevel(s.Level)
+	}
+	if err != nil {
+		return nil, nil, usageError{fmt.Errorf("migrate: %w", err)}
+	}
+	tags, err := parseTags(s.Tags)
+	if err != nil {
+		return nil, nil, err
+	}
+	if tags == nil {
+		tags = map[string]string{}
+	}
+	tags["migration"] = start.UTC().Format(time.RFC3339)
+	recipients, err := s.Crypto.recipients()
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(recipients) == 0 && s.Volume != "" && holdsAppsmithSecrets(s.Volume) {
+		g.logger().Warn("the volume holds APPSMITH_ENCRYPTION_* secrets and the --repo snapshot is not encrypted; use --encrypt-to or --passphrase-file")
+	}
+	host := s.Host
+	if host == "" {
+		host, _ = os.Hostname()
+	}
+	repo, err := openRepo(ctx, g, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	w, err := snapshot.NewWriter(ctx, repo, snapshot.Options{Compression: comp, Level: s.Level, Host: host,
+		Version: version(), Tags: tags, Recipients: recipients, Now: func() time.Time { return start }})
+	if err != nil {
+		repo.Close()
+		return nil, nil, err
+	}
+	return w, repo, nil
+}
+
+// migrateResult is what migrate prints with --json.
+type migrateResult struct {
+	OK         bool               `json:"ok"`
+	Snapshot   string             `json:"snapshot,omitempty"`
+	Seconds    float64            `json:"seconds"`
+	Components []migrateComponent `json:"components"`
+	Error      string             `json:"error,omitempty"`
+}
+
+type migrateComponent struct {
+	Kind     string         `json:"kind"`
+	Items    int64          `json:"items"`
+	Bytes    int64          `json:"bytes"`
+	Seconds  float64        `json:"seconds"`
+	Result   string         `json:"result"`
+	Error    string         `json:"error,omitempty"`
+	Dumped   snapshot.Stats `json:"dumped"`
+	Restored snapshot.Stats `json:"restored"`
+}
+
+func runMigrate(ctx context.Context, g *globalOptions, opts migrateOptions) error {
+	log := g.logger()
+	start := time.Now()
+	pairs, err := opts.pairs(log)
+	if err != nil {
+		return err
+	}
+	tee, repo, err := opts.tee(ctx, g, start)
+	if err != nil {
+		return err
+	}
+	if repo != nil {
+		defer repo.Close()
+		log.Info("migration started", "components", len(pairs), "snapshot", tee.ID(), "repo", repo.Name())
+	} else {
+		log.Info("migration started", "components", len(pairs))
+	}
+	bar := startProgress(g, "migrate", 0)
+	rep, err := migrate.Run(ctx, pairs, migrate.Options{Tee: tee, Progress: bar.Add})
+	bar.Stop()
+	if perr := printMigrateReport(g, rep, err); perr != nil && err == nil {
+		err = perr
+	}
+	return err
+}
+
+// printMigrateReport prints the report: a table on stderr, or with --json
+// one object on stdout.
+func printMigrateReport(g *globalOptions, rep *migrate.Report, err error) error {
+	if g.JSON {
+		res := migrateResult{OK: err == nil, Snapshot: rep.Snapshot, Seconds: rep.Duration.Seconds(), Components: []migrateComponent{}}
+		if err != nil {
+			res.Error = err.Error()
+		}
+		for _, c := range rep.Components {
+			cr := migrateComponent{Kind: c.Kind, Items: c.Items, Bytes: c.Bytes, Seconds: c.Duration.Seconds(),
+				Result: c.Result, Dumped: c.Dumped, Restored: c.Restored}
+			if c.Err != nil {
+				cr.Error = c.Err.Error()
+			}
+			res.Components = append(res.Components, cr)
+		}
+		return printJSON(g, res)
+	}
+	tw := tabwriter.NewWriter(g.stderr, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "COMPONENT\tITEMS\tBYTES\tTIME\tRESULT")
+	for _, c := range rep.Components {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", c.Kind, c.Items, humanBytes(c.Bytes), c.Duration.Round(time.Millisecond), c.Result)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if rep.Snapshot != "" {
+		fmt.Fprintf(g.stderr, "snapshot %s keeps a copy of this migration\n", rep.Snapshot)
+	}
+	return nil
 }

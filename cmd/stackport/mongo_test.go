@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -88,6 +89,16 @@ func TestVolumeAndMongo(t *testing.T) {
 				t.Fatalf("%s: document %s differs", coll, k)
 			}
 		}
+	}
+	verifyAgainst := verifyOptions{AgainstMongo: dst, MongoNSFrom: "appsmith", MongoNSTo: "appsmith_prod"}
+	if err := runVerify(ctx, e.global(), verifyAgainst, id); err != nil {
+		t.Fatalf("verify against the target: %v", err)
+	}
+	if _, err := target.Database("appsmith_prod").Collection("user").UpdateOne(ctx, bson.D{}, bson.D{{Key: "$set", Value: bson.D{{Key: "name", Value: "tampered"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := runVerify(ctx, e.global(), verifyAgainst, id); exitCode(err) != 3 || !strings.Contains(err.Error(), "appsmith_prod.user") {
+		t.Fatalf("verify of a changed target: exit %d, %v", exitCode(err), err)
 	}
 	// A second restore into the same databases is refused, naming a
 	// collection, unless --drop.

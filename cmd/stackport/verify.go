@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stackport/stackport/snapshot"
+	"github.com/stackport/stackport/snapshot/mongo"
 	"github.com/stackport/stackport/snapshot/postgres"
 	"github.com/stackport/stackport/snapshot/redis"
 )
@@ -18,6 +19,11 @@ type verifyOptions struct {
 	RedisDBMap     string
 
 	AgainstPostgres string
+
+	AgainstMongo   string
+	MongoTLSCAFile string
+	MongoNSFrom    string
+	MongoNSTo      string
 }
 
 func newVerifyCommand(g *globalOptions) *cobra.Command {
@@ -29,9 +35,11 @@ func newVerifyCommand(g *globalOptions) *cobra.Command {
 SHA-256 against the manifest, and decode it fully (for the volume: every tar
 entry, with the same path checks a restore makes). Nothing is written.
 
-With --against-redis URL the redis component is also compared with a
-restored target: per database the key count and, per key, type, value
-(DUMP payload) and TTL.
+With --against-mongo, --against-redis or --against-postgres a component is
+also compared with a restored target: for MongoDB per collection the document
+count and an order-independent digest of the raw documents; for Redis per
+database the key count and, per key, type, value (DUMP payload) and TTL; for
+PostgreSQL per table the row count and an order-independent row digest.
 
 Exits 0 when the snapshot is intact (and matches the target) and 3 when data
 is corrupt or missing or the target differs, naming what is wrong.`,
@@ -49,6 +57,10 @@ is corrupt or missing or the target differs, naming what is wrong.`,
 	f.StringVar(&opts.RedisTLSCAFile, "redis-tls-ca-file", "", "PEM file of the CA of that Redis")
 	f.StringVar(&opts.RedisDBMap, "redis-db-map", "", "the --redis-db-map the restore used")
 	f.StringVar(&opts.AgainstPostgres, "against-postgres", "", "also compare every table's row count and row digest with this restored PostgreSQL")
+	f.StringVar(&opts.AgainstMongo, "against-mongo", "", "also compare every collection's document count and digest with this restored MongoDB")
+	f.StringVar(&opts.MongoTLSCAFile, "mongo-tls-ca-file", "", "PEM file of the CA of that MongoDB")
+	f.StringVar(&opts.MongoNSFrom, "mongo-ns-from", "", "the --mongo-ns-from the restore used")
+	f.StringVar(&opts.MongoNSTo, "mongo-ns-to", "", "the --mongo-ns-to the restore used")
 	return cmd
 }
 
@@ -99,6 +111,10 @@ func runVerify(ctx context.Context, g *globalOptions, opts verifyOptions, ref st
 		}
 		checker := &redis.Checker{URL: opts.AgainstRedis, TLSCAFile: opts.RedisTLSCAFile, DBMap: dbMap, Log: g.logger()}
 		decode = against(decode, "redis", checker)
+	}
+	if opts.AgainstMongo != "" {
+		decode = against(decode, "mongo", &mongo.Checker{URI: opts.AgainstMongo, TLSCAFile: opts.MongoTLSCAFile,
+			NSFrom: opts.MongoNSFrom, NSTo: opts.MongoNSTo, Log: g.logger()})
 	}
 	if opts.AgainstPostgres != "" {
 		decode = against(decode, "postgres", postgresChecker{url: opts.AgainstPostgres})
