@@ -73,11 +73,18 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Repo, error) {
 			return nil, fmt.Errorf("storage: repository %s: %w", name, err)
 		}
 	}
-	if u.Scheme == "file" && !u.Query().Has("metadata") {
+	if u.Scheme == "file" {
+		q := u.Query()
 		// Sidecar .attrs files cost an MD5 of every byte and hold nothing
 		// stackport reads: the manifest has the checksums.
-		q := u.Query()
-		q.Set("metadata", "skip")
+		if !q.Has("metadata") {
+			q.Set("metadata", "skip")
+		}
+		// Temporary files beside the final ones, not in $TMPDIR: a rename
+		// across file systems fails, and $TMPDIR may be too small.
+		if !q.Has("no_tmp_dir") {
+			q.Set("no_tmp_dir", "true")
+		}
 		u.RawQuery = q.Encode()
 		rawURL = u.String()
 	}
