@@ -16,6 +16,7 @@ import (
 
 	"github.com/stackport/stackport/migrate"
 	"github.com/stackport/stackport/snapshot"
+	"github.com/stackport/stackport/snapshot/postgres"
 	"github.com/stackport/stackport/storage"
 )
 
@@ -81,6 +82,9 @@ func (opts *migrateOptions) addFlags(f *pflag.FlagSet) {
 	f.Lookup("volume").Usage = "directory to migrate (the persistent volume)"
 	f.Lookup("mongo").Usage = "MongoDB to migrate: mongodb:// or mongodb+srv:// URI (credentials and TLS options in the URI)"
 	f.Lookup("mongo-parallel").Usage = "MongoDB collections dumped, and insert batches sent, at once"
+	f.Lookup("redis").Usage = "Redis to migrate: redis:// or rediss:// URL (user and password in the URL)"
+	f.Lookup("postgres").Usage = "PostgreSQL to migrate: postgres:// URL or key=value DSN"
+	f.Lookup("postgres-parallel").Usage = "PostgreSQL tables copied, and index builds run, at once"
 	t := &opts.Target
 	f.StringVar(&t.VolumeTo, "volume-to", "", "move the volume into this directory")
 	f.BoolVar(&t.Force, "force", false, "replace the content of a non-empty volume target")
@@ -90,11 +94,21 @@ func (opts *migrateOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&t.MongoNSFrom, "mongo-ns-from", "", "rename a database on the way: from this name (e.g. appsmith)…")
 	f.StringVar(&t.MongoNSTo, "mongo-ns-to", "", "…to this one (e.g. appsmith_prod)")
 	f.BoolVar(&t.Drop, "drop", false, "drop target MongoDB collections first (otherwise a collection with documents is refused)")
+	f.StringVar(&t.RedisTo, "redis-to", "", "move Redis into this redis:// or rediss:// URL (Memorystore, Redis)")
+	f.StringVar(&t.RedisTLSCAFile, "redis-to-tls-ca-file", "", "PEM file of the CA of the target Redis (Memorystore's server CA)")
+	f.BoolVar(&t.RedisReplace, "redis-replace", false, "replace Redis keys that already exist (otherwise an existing key is an error)")
+	f.BoolVar(&t.RedisFlush, "redis-flush", false, "FLUSHDB the target Redis databases first (needs --yes)")
+	f.StringVar(&t.RedisDBMap, "redis-db-map", "", "map Redis databases, source:target,… (e.g. 0:0,1:0 for single-database targets)")
+	f.BoolVar(&t.Yes, "yes", false, "confirm destructive options such as --redis-flush")
+	f.StringVar(&t.PostgresTo, "postgres-to", "", "move PostgreSQL into this database URL (Cloud SQL, PostgreSQL); the role need not be a superuser")
+	f.BoolVar(&t.PostgresKeepOwners, "postgres-keep-owners", false, "keep owners and privileges (needs a role that may set them)")
+	f.BoolVar(&t.PostgresClean, "postgres-clean", false, "drop what the target already holds in the restored schemas first")
 }
 
 // pairs matches the sources with the targets by kind.
 func (opts migrateOptions) pairs(log *slog.Logger) ([]migrate.Pair, error) {
 	opts.Target.MongoParallel = opts.Source.MongoParallel
+	opts.Target.PostgresParallel = opts.Source.PostgresParallel
 	if err := opts.checkDistinct(); err != nil {
 		return nil, err
 	}
@@ -123,8 +137,9 @@ func (opts migrateOptions) pairs(log *slog.Logger) ([]migrate.Pair, error) {
 }
 
 // checkDistinct refuses a target that is its own source: a volume target
-// inside the source (it would copy itself) or the source MongoDB without a
-// rename (--drop would drop what is being read).
+// inside the source (it would copy itself into itself) or a database server
+// given as its own target (--drop, --redis-flush or --postgres-clean would
+// delete what is being read), unless MongoDB databases are renamed.
 func (opts migrateOptions) checkDistinct() error {
 	s, t := opts.Source, opts.Target
 	if s.Volume != "" && t.VolumeTo != "" {
@@ -134,14 +149,23 @@ func (opts migrateOptions) checkDistinct() error {
 			return usageErrorf("migrate: --volume-to %s is inside the source volume %s", t.VolumeTo, s.Volume)
 		}
 	}
-	if s.Mongo != "" && s.Mongo == t.MongoTo && t.MongoNSFrom == "" {
-		return usageErrorf("migrate: --mongo-to is the source MongoDB; rename the databases with --mongo-ns-from/--mongo-ns-to or give another target")
+	mongoTo := t.MongoTo
+	if t.MongoNSFrom != "" {
+		mongoTo = "" // renamed databases may share the server
+	}
+	for _, db := range []struct{ flag, src, dst string }{
+		{"--mongo-to", s.Mongo, mongoTo}, {"--redis-to", s.Redis, t.RedisTo}, {"--postgres-to", s.Postgres, t.PostgresTo},
+	} {
+		if db.src != "" && db.src == db.dst {
+			return usageErrorf("migrate: %s is the source itself", db.flag)
+		}
 	}
 	return nil
 }
 
 // check returns how to compare the target of kind with its source, or nil
-// for kinds without a check.
+// for kinds without one (redis: its Checker compares a target with a
+// snapshot's streams, not with a live source).
 func (opts migrateOptions) check(kind string) func(context.Context) error {
 	s, t := opts.Source, opts.Target
 	switch kind {
@@ -150,6 +174,18 @@ func (opts migrateOptions) check(kind string) func(context.Context) error {
 	case "mongo":
 		return migrate.MongoCheck{Source: s.Mongo, Target: t.MongoTo, SourceTLSCAFile: s.MongoTLSCAFile, TargetTLSCAFile: t.MongoTLSCAFile,
 			DBs: s.MongoDBs, NSFrom: t.MongoNSFrom, NSTo: t.MongoNSTo, Parallel: s.MongoParallel}.Check
+	case "postgres":
+		return func(ctx context.Context) error {
+			want, err := postgres.Digest(ctx, s.Postgres, s.PostgresSchemas)
+			if err != nil {
+				return fmt.Errorf("source: %w", err)
+			}
+			got, err := postgres.Digest(ctx, t.PostgresTo, s.PostgresSchemas)
+			if err != nil {
+				return fmt.Errorf("target: %w", err)
+			}
+			return postgres.Compare(want, got)
+		}
 	}
 	return nil
 }
