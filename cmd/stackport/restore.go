@@ -129,12 +129,9 @@ func (opts restoreOptions) restorers(log *slog.Logger) ([]part[snapshot.Restorer
 		if opts.RedisFlush && !opts.Yes {
 			return nil, usageErrorf("restore: --redis-flush deletes every key of the target databases: confirm with --yes")
 		}
-		var dbMap map[int]int
-		if opts.RedisDBMap != "" {
-			var err error
-			if dbMap, err = redis.ParseDBMap(opts.RedisDBMap); err != nil {
-				return nil, usageError{fmt.Errorf("restore: --redis-db-map: %w", err)}
-			}
+		dbMap, err := parseDBMap(opts.RedisDBMap)
+		if err != nil {
+			return nil, err
 		}
 		parts = append(parts, part[snapshot.Restorer]{"redis", &redis.Restorer{URL: opts.RedisTo, TLSCAFile: opts.RedisTLSCAFile,
 			Replace: opts.RedisReplace, Flush: opts.RedisFlush, DBMap: dbMap, Log: log}})
@@ -220,6 +217,18 @@ func runRestore(ctx context.Context, g *globalOptions, opts restoreOptions, ref 
 		fmt.Fprintf(g.stdout, "restored %s of snapshot %s: %s\n", p.kind, m.ID, summary(stats))
 	}
 	return nil
+}
+
+// parseDBMap parses --redis-db-map ("" is no map).
+func parseDBMap(s string) (map[int]int, error) {
+	if s == "" {
+		return nil, nil
+	}
+	m, err := redis.ParseDBMap(s)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--redis-db-map: %w", err)}
+	}
+	return m, nil
 }
 
 // summary is a short human line of a component's main counters.

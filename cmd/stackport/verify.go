@@ -102,12 +102,9 @@ type verifyResult struct {
 func runVerify(ctx context.Context, g *globalOptions, opts verifyOptions, ref string) error {
 	decode := decoder
 	if opts.AgainstRedis != "" {
-		var dbMap map[int]int
-		if opts.RedisDBMap != "" {
-			var err error
-			if dbMap, err = redis.ParseDBMap(opts.RedisDBMap); err != nil {
-				return usageError{fmt.Errorf("verify: --redis-db-map: %w", err)}
-			}
+		dbMap, err := parseDBMap(opts.RedisDBMap)
+		if err != nil {
+			return err
 		}
 		checker := &redis.Checker{URL: opts.AgainstRedis, TLSCAFile: opts.RedisTLSCAFile, DBMap: dbMap, Log: g.logger()}
 		decode = against(decode, "redis", checker)
