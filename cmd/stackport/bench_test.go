@@ -174,7 +174,7 @@ func genTree(b *testing.B, dir string, size int64) {
 }
 
 // BenchmarkRedis dumps and restores BENCH_REDIS_KEYS small keys (default
-// 1,000,000) plus a 64 MiB string and a 200,000-field hash, side by side with
+// 1,000,000) plus a 100 MB string and a 1,000,000-field hash, side by side with
 // redis-cli --rdb on the same server, and reports keys per second, the ratio
 // to redis-cli and stackport's peak RSS.
 func BenchmarkRedis(b *testing.B) {
@@ -203,8 +203,8 @@ func BenchmarkRedis(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	c.Set(ctx, "big:string", strings.Repeat("appsmith", 8<<20), 0)
-	for i := 0; i < 200_000; i += 10000 {
+	c.Set(ctx, "big:string", strings.Repeat("appsmith", 12_500_000), 0)
+	for i := 0; i < 1_000_000; i += 10000 {
 		fields := make([]any, 0, 20000)
 		for j := i; j < i+10000; j++ {
 			fields = append(fields, "f"+strconv.Itoa(j), strconv.Itoa(j))
