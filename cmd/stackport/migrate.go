@@ -26,6 +26,11 @@ import (
 type migrateOptions struct {
 	Source snapshotOptions
 	Target restoreOptions
+
+	Plan    bool   // inspect only
+	Profile string // "appsmith" or ""
+	Stack   string // the Appsmith stack folder
+	EnvOut  string // where to write the migrated container's environment
 }
 
 func newMigrateCommand(g *globalOptions) *cobra.Command {
@@ -35,31 +40,51 @@ func newMigrateCommand(g *globalOptions) *cobra.Command {
 		Short: "Move every component straight from its source to its target, then verify it",
 		Long: `Move the components of the monolith to their new homes in one run, without an
 intermediate archive: the volume into another directory (a Filestore or NFS
-mount), MongoDB into Atlas, DocumentDB or another MongoDB. Each source is
-named by a snapshot flag (--volume, --mongo) and needs the target of the same
-component (--volume-to, --mongo-to); a source without a target, or a target
-without a source, is a usage error.
+mount), MongoDB into Atlas, DocumentDB or another MongoDB, Redis into
+Memorystore, PostgreSQL into Cloud SQL. Each source is named by a snapshot
+flag (--volume, --mongo, --redis, --postgres) and needs the target of the
+same component (--volume-to, --mongo-to, --redis-to, --postgres-to); a source
+without a target, or a target without a source, is a usage error.
 
-Every component moves concurrently, its stream going straight from the
+Every component moves concurrently, its streams going straight from the
 source's reader into the target's writer, with the same code as snapshot and
-restore. The first failure stops them all: the volume target is left as it
-was, a MongoDB target may hold the collections loaded so far (run again with
---drop). With --repo (or STACKPORT_REPO) the run also keeps a snapshot of
-what it moved, tagged migration=<start time>, committed only when every
-component moved.
+restore. The first failure stops them all: a volume target is left as it was
+(unless its move had already finished), a database target may hold what was
+loaded so far (run again with --drop, --redis-flush or --postgres-clean).
+With --repo (or STACKPORT_REPO) the run also keeps a snapshot of what it
+moved, tagged migration=<start time>, committed only when every component
+moved.
 
 Then every target is compared with its source: the volume entry by entry
 (content SHA-256, mode, mtime, symlink targets), MongoDB collection by
-collection (document count and a digest of the raw documents). Stop the
-application's writers first: changes made during the run show up as
-differences.
+collection and PostgreSQL table by table (counts and digests of the raw
+documents and rows). Redis is not compared yet. Stop the application's
+writers first: changes made during the run show up as differences.
+
+--profile appsmith --stack DIR reads DIR/configuration/docker.env (the
+process environment wins, as in Appsmith) and fills in the sources of the
+targets given: the volume is DIR without data/mongodb, data/redis,
+data/postgres, logs and data/backup; the databases are APPSMITH_DB_URL and
+APPSMITH_REDIS_URL. After a verified move --env-out FILE writes the stateless
+container's environment (APPSMITH_DB_URL with the database name,
+APPSMITH_REDIS_URL, APPSMITH_ENABLE_EMBEDDED_DB=0, the encryption password
+and salt unchanged), readable by its owner only.
 
 A report (component, items, bytes, time, result) is printed on stderr, or
 with --json as one JSON object on stdout. Exits 0 when every component moved
-and matches, 3 when a target differs from its source, 1 on other failures.`,
-		Example: `  # the Appsmith volume onto a Filestore mount and its MongoDB into Atlas, with a snapshot on the way
-  stackport migrate --repo 's3://backups?region=eu-west-1&prefix=appsmith/' \
-    --volume /appsmith-stacks --exclude data/mongodb --exclude logs --volume-to /mnt/filestore/stacks \
+and matches, 3 when a target differs from its source, 2 on usage errors, 1 on
+other failures.`,
+		Example: `  # Appsmith: the stack folder onto Filestore, MongoDB into Atlas, Redis into Memorystore,
+  # with a snapshot on the way and the new container's environment
+  stackport migrate --profile appsmith --stack /appsmith-stacks \
+    --volume-to /mnt/filestore/stacks --chown 1000:1000 \
+    --mongo-to 'mongodb+srv://user:pass@cluster0.example.mongodb.net/' \
+    --redis-to 'rediss://:AUTH@10.0.0.3:6378' --redis-to-tls-ca-file server-ca.pem \
+    --repo 's3://backups?region=eu-west-1&prefix=appsmith/' --env-out appsmith.env
+
+  # the same with every source named
+  stackport migrate --volume /appsmith-stacks --exclude data/mongodb --exclude logs \
+    --volume-to /mnt/filestore/stacks \
     --mongo 'mongodb://127.0.0.1:27017/?directConnection=true' --mongo-db appsmith \
     --mongo-to 'mongodb+srv://user:pass@cluster0.example.mongodb.net/'
 
@@ -103,6 +128,70 @@ func (opts *migrateOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&t.PostgresTo, "postgres-to", "", "move PostgreSQL into this database URL (Cloud SQL, PostgreSQL); the role need not be a superuser")
 	f.BoolVar(&t.PostgresKeepOwners, "postgres-keep-owners", false, "keep owners and privileges (needs a role that may set them)")
 	f.BoolVar(&t.PostgresClean, "postgres-clean", false, "drop what the target already holds in the restored schemas first")
+	f.BoolVar(&opts.Plan, "plan", false, "inspect the sources and targets without writing anything: sizes, versions, free space, what would block the move")
+	f.StringVar(&opts.Profile, "profile", "", "the application's layout: appsmith (with --stack)")
+	f.StringVar(&opts.Stack, "stack", "", "the application's stack folder (Appsmith: /appsmith-stacks), read for its configuration/docker.env")
+	f.StringVar(&opts.EnvOut, "env-out", "", "after a verified move, write the migrated container's environment to this file (mode 0600: it holds secrets)")
+}
+
+// applyProfile reads the Appsmith stack of --profile appsmith --stack DIR
+// and fills the sources the flags leave out, for the targets they name: the
+// volume is the stack folder without the raw database files, logs and
+// backups, the databases are those of the stack's environment. It returns
+// nil without a profile.
+func (opts *migrateOptions) applyProfile(log *slog.Logger) (*migrate.Appsmith, error) {
+	switch opts.Profile {
+	case "":
+		if opts.Stack != "" || opts.EnvOut != "" {
+			return nil, usageErrorf("migrate: --stack and --env-out need --profile appsmith")
+		}
+		return nil, nil
+	case "appsmith":
+	default:
+		return nil, usageErrorf("migrate: unknown profile %q (known: appsmith)", opts.Profile)
+	}
+	if opts.Stack == "" {
+		return nil, usageErrorf("migrate: --profile appsmith needs --stack DIR, the Appsmith stack folder (e.g. /appsmith-stacks)")
+	}
+	app, err := migrate.LoadAppsmith(opts.Stack, os.Environ())
+	if err != nil {
+		return nil, usageError{fmt.Errorf("migrate: %w", err)}
+	}
+	if missing := app.MissingSecrets(); len(missing) > 0 {
+		log.Warn("the Appsmith stack does not set " + strings.Join(missing, " and ") +
+			": the migrated instance could not decrypt the data encrypted with them (datasource credentials, git keys)")
+	}
+	s, t := &opts.Source, opts.Target
+	if t.VolumeTo != "" && s.Volume == "" {
+		s.Volume = opts.Stack
+		s.Exclude = append(s.Exclude, migrate.AppsmithExcludes...)
+	}
+	for _, src := range []struct {
+		flag     *string
+		to, from string
+	}{{&s.Mongo, t.MongoTo, app.MongoURI()}, {&s.Redis, t.RedisTo, app.RedisURL()}, {&s.Postgres, t.PostgresTo, app.PostgresURL()}} {
+		if src.to != "" && *src.flag == "" {
+			*src.flag = src.from
+		}
+	}
+	return app, nil
+}
+
+// writeEnv writes the environment of the migrated Appsmith to --env-out.
+func (opts migrateOptions) writeEnv(app *migrate.Appsmith, log *slog.Logger) error {
+	t := opts.Target
+	lines, err := app.TargetEnv(migrate.AppsmithTargets{MongoURI: t.MongoTo, MongoNSFrom: t.MongoNSFrom, MongoNSTo: t.MongoNSTo,
+		RedisURL: t.RedisTo, PostgresURL: t.PostgresTo})
+	if err == nil {
+		header := fmt.Sprintf("The environment of the migrated Appsmith, by stackport migrate on %s.\n"+
+			"It holds secrets (the encryption password and salt, database credentials): keep it private.", time.Now().UTC().Format(time.RFC3339))
+		err = migrate.WriteEnvFile(opts.EnvOut, header, lines)
+	}
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	log.Warn("the environment file holds secrets (the encryption password and salt, database credentials): keep it private", "path", opts.EnvOut)
+	return nil
 }
 
 // pairs matches the sources with the targets by kind.
@@ -126,7 +215,8 @@ func (opts migrateOptions) pairs(log *slog.Logger) ([]migrate.Pair, error) {
 		if i < 0 {
 			return nil, usageErrorf("migrate: the %s source has no target: give --%s-to", s.kind, s.kind)
 		}
-		pairs = append(pairs, migrate.Pair{Kind: s.kind, Dumper: s.impl, Restorer: targets[i].impl, Check: opts.check(s.kind)})
+		check, plan := opts.inspect(s.kind)
+		pairs = append(pairs, migrate.Pair{Kind: s.kind, Dumper: s.impl, Restorer: targets[i].impl, Check: check, Plan: plan})
 	}
 	for _, t := range targets {
 		if !slices.ContainsFunc(sources, func(s part[snapshot.Dumper]) bool { return s.kind == t.kind }) {
@@ -163,17 +253,20 @@ func (opts migrateOptions) checkDistinct() error {
 	return nil
 }
 
-// check returns how to compare the target of kind with its source, or nil
-// for kinds without one (redis: its Checker compares a target with a
-// snapshot's streams, not with a live source).
-func (opts migrateOptions) check(kind string) func(context.Context) error {
+// inspect returns how to compare the target of kind with its source after
+// the move and how to inspect both before it, nil for what this build does
+// not know (redis: its Checker compares a target with a snapshot's
+// streams, not with a live source).
+func (opts migrateOptions) inspect(kind string) (check func(context.Context) error, plan func(context.Context) migrate.Finding) {
 	s, t := opts.Source, opts.Target
 	switch kind {
 	case "volume":
-		return migrate.VolumeCheck{Source: s.Volume, Target: t.VolumeTo, Exclude: s.Exclude, SkipUnreadable: s.SkipUnreadable}.Check
+		v := migrate.Volume{Source: s.Volume, Target: t.VolumeTo, Exclude: s.Exclude, SkipUnreadable: s.SkipUnreadable, Force: t.Force}
+		return v.Check, v.Plan
 	case "mongo":
-		return migrate.MongoCheck{Source: s.Mongo, Target: t.MongoTo, SourceTLSCAFile: s.MongoTLSCAFile, TargetTLSCAFile: t.MongoTLSCAFile,
-			DBs: s.MongoDBs, NSFrom: t.MongoNSFrom, NSTo: t.MongoNSTo, Parallel: s.MongoParallel}.Check
+		m := migrate.Mongo{Source: s.Mongo, Target: t.MongoTo, SourceTLSCAFile: s.MongoTLSCAFile, TargetTLSCAFile: t.MongoTLSCAFile,
+			DBs: s.MongoDBs, NSFrom: t.MongoNSFrom, NSTo: t.MongoNSTo, Parallel: s.MongoParallel, Drop: t.Drop}
+		return m.Check, m.Plan
 	case "postgres":
 		return func(ctx context.Context) error {
 			want, err := postgres.Digest(ctx, s.Postgres, s.PostgresSchemas)
@@ -185,9 +278,9 @@ func (opts migrateOptions) check(kind string) func(context.Context) error {
 				return fmt.Errorf("target: %w", err)
 			}
 			return postgres.Compare(want, got)
-		}
+		}, nil
 	}
-	return nil
+	return nil, nil
 }
 
 // tee starts the snapshot that keeps a copy of the run in the --repo
@@ -240,6 +333,7 @@ func (opts migrateOptions) tee(ctx context.Context, g *globalOptions, start time
 type migrateResult struct {
 	OK         bool               `json:"ok"`
 	Snapshot   string             `json:"snapshot,omitempty"`
+	EnvFile    string             `json:"env_file,omitempty"`
 	Seconds    float64            `json:"seconds"`
 	Components []migrateComponent `json:"components"`
 	Error      string             `json:"error,omitempty"`
@@ -259,9 +353,16 @@ type migrateComponent struct {
 func runMigrate(ctx context.Context, g *globalOptions, opts migrateOptions) error {
 	log := g.logger()
 	start := time.Now()
+	app, err := opts.applyProfile(log)
+	if err != nil {
+		return err
+	}
 	pairs, err := opts.pairs(log)
 	if err != nil {
 		return err
+	}
+	if opts.Plan {
+		return printPlan(g, migrate.Plan(ctx, pairs))
 	}
 	tee, repo, err := opts.tee(ctx, g, start)
 	if err != nil {
@@ -276,7 +377,13 @@ func runMigrate(ctx context.Context, g *globalOptions, opts migrateOptions) erro
 	bar := startProgress(g, "migrate", 0)
 	rep, err := migrate.Run(ctx, pairs, migrate.Options{Tee: tee, Progress: bar.Add})
 	bar.Stop()
-	if perr := printMigrateReport(g, rep, err); perr != nil && err == nil {
+	envFile := ""
+	if err == nil && opts.EnvOut != "" {
+		if err = opts.writeEnv(app, log); err == nil {
+			envFile = opts.EnvOut
+		}
+	}
+	if perr := printMigrateReport(g, rep, envFile, err); perr != nil && err == nil {
 		err = perr
 	}
 	return err
@@ -284,9 +391,9 @@ func runMigrate(ctx context.Context, g *globalOptions, opts migrateOptions) erro
 
 // printMigrateReport prints the report: a table on stderr, or with --json
 // one object on stdout.
-func printMigrateReport(g *globalOptions, rep *migrate.Report, err error) error {
+func printMigrateReport(g *globalOptions, rep *migrate.Report, envFile string, err error) error {
 	if g.JSON {
-		res := migrateResult{OK: err == nil, Snapshot: rep.Snapshot, Seconds: rep.Duration.Seconds(), Components: []migrateComponent{}}
+		res := migrateResult{OK: err == nil, Snapshot: rep.Snapshot, EnvFile: envFile, Seconds: rep.Duration.Seconds(), Components: []migrateComponent{}}
 		if err != nil {
 			res.Error = err.Error()
 		}
@@ -310,6 +417,65 @@ func printMigrateReport(g *globalOptions, rep *migrate.Report, err error) error 
 	}
 	if rep.Snapshot != "" {
 		fmt.Fprintf(g.stderr, "snapshot %s keeps a copy of this migration\n", rep.Snapshot)
+	}
+	if envFile != "" {
+		fmt.Fprintf(g.stderr, "the migrated container's environment is in %s (it holds secrets)\n", envFile)
+	}
+	if err == nil {
+		fmt.Fprintf(g.stderr, "moved and checked in %s: the application's writers must stay stopped at least that long\n", rep.Duration.Round(time.Millisecond))
+	}
+	return nil
+}
+
+// planResult is what migrate --plan prints with --json.
+type planResult struct {
+	OK         bool              `json:"ok"`
+	Components []migrate.Finding `json:"components"`
+}
+
+// printPlan prints the findings on stdout (a table, then every note and
+// blocker) and fails when something blocks the move.
+func printPlan(g *globalOptions, findings []migrate.Finding) error {
+	var blockers []string
+	for _, f := range findings {
+		for _, b := range f.Blockers {
+			blockers = append(blockers, f.Kind+": "+b)
+		}
+	}
+	if g.JSON {
+		if err := printJSON(g, planResult{OK: len(blockers) == 0, Components: findings}); err != nil {
+			return err
+		}
+	} else {
+		tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "COMPONENT\tITEMS\tBYTES\tSTATUS")
+		for _, f := range findings {
+			items, bytes, status := "?", "?", "ready"
+			if f.Items >= 0 {
+				items = fmt.Sprint(f.Items)
+			}
+			if f.Bytes >= 0 {
+				bytes = humanBytes(f.Bytes)
+			}
+			if len(f.Blockers) > 0 {
+				status = "BLOCKED"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", f.Kind, items, bytes, status)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		for _, f := range findings {
+			for _, n := range f.Notes {
+				fmt.Fprintf(g.stdout, "%s: %s\n", f.Kind, n)
+			}
+			for _, b := range f.Blockers {
+				fmt.Fprintf(g.stdout, "%s: BLOCKS: %s\n", f.Kind, b)
+			}
+		}
+	}
+	if len(blockers) > 0 {
+		return fmt.Errorf("migrate: plan: %d problem(s) block the migration: %s", len(blockers), strings.Join(blockers, "; "))
 	}
 	return nil
 }

@@ -1,0 +1,313 @@
+// Package migrate moves the components of a modular monolith from their
+// sources to their targets in one run, without an intermediate archive:
+// each component's snapshot.Dumper writes its named streams into a
+// snapshot.Pipe, and the snapshot.Restorer of the same kind reads them on
+// the other end. Every component moves concurrently; the first failure
+// stops them all. Optionally every stream is also teed into a
+// snapshot.Writer, so that the run leaves a snapshot of what was moved.
+// After the move each component's target is compared with its source
+// (Volume, Mongo).
+//
+// The package holds no dump or restore logic: the same Dumpers and
+// Restorers serve snapshot, restore and migrate.
+package migrate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/stackport/stackport/snapshot"
+)
+
+// A Pair moves one component: what Dumper writes, Restorer applies.
+type Pair struct {
+	Kind     string // "volume", "mongo", …
+	Dumper   snapshot.Dumper
+	Restorer snapshot.Restorer
+	// Check, when set, compares the target with the source after every
+	// component has moved. It returns an error wrapping
+	// snapshot.ErrDiffers (or ErrCorrupt) that names the differences.
+	Check func(ctx context.Context) error
+	// Plan, when set, inspects the source and the target without writing
+	// (see Plan).
+	Plan func(ctx context.Context) Finding
+}
+
+// Options tune Run.
+type Options struct {
+	// Tee, when set, also receives every stream: Run adds each component
+	// to it, commits it when every component has moved and aborts it
+	// otherwise. Run owns it from the call on.
+	Tee *snapshot.Writer
+	// Progress, when set, is called with the number of bytes each time a
+	// component writes a stream. It must be safe for concurrent use.
+	Progress func(n int64)
+}
+
+// Results of a component.
+const (
+	ResultVerified  = "verified"  // moved, and the target matches the source
+	ResultMoved     = "moved"     // moved; no check for this kind
+	ResultDiffers   = "differs"   // moved, but the target differs from the source
+	ResultFailed    = "failed"    // the move failed: this component's error stopped the run
+	ResultCancelled = "cancelled" // stopped because another component failed
+)
+
+// Report says what a run did.
+type Report struct {
+	Components []Component // in the order of the pairs
+	// Snapshot is the ID of the committed Tee snapshot ("" without one,
+	// or when the run failed).
+	Snapshot string
+	Duration time.Duration
+}
+
+// Component is the report of one component.
+type Component struct {
+	Kind string
+	// Items are the entries moved: files, directories and links of a
+	// volume, documents, keys or rows of a database.
+	Items int64
+	// Bytes are the bytes of the streams moved.
+	Bytes    int64
+	Duration time.Duration // of the move, without the check
+	Dumped   snapshot.Stats
+	Restored snapshot.Stats
+	Result   string // one of the Result constants
+	Err      error  // why it failed or differs
+}
+
+// itemKeys are the counters that make up Component.Items.
+var itemKeys = []string{"files", "dirs", "symlinks", "hardlinks", "documents", "keys", "rows"}
+
+// Run moves every pair concurrently, dumper → pipe → restorer, then runs
+// their checks. It returns the report (also on error) and the first error
+// of the move, or the checks' errors joined.
+func Run(ctx context.Context, pairs []Pair, opts Options) (*Report, error) {
+	start := time.Now()
+	rep := &Report{Components: make([]Component, len(pairs))}
+	if err := validate(pairs); err != nil {
+		if opts.Tee != nil {
+			opts.Tee.Abort()
+		}
+		return rep, err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	var first sync.Once
+	for i, p := range pairs {
+		c := &rep.Components[i]
+		c.Kind = p.Kind
+		g.Go(func() error {
+			err := move(gctx, p, c, opts)
+			if err == nil {
+				c.Result = ResultMoved
+				return nil
+			}
+			c.Err, c.Result = err, ResultCancelled
+			first.Do(func() { c.Result = ResultFailed })
+			return fmt.Errorf("migrate: %s: %w", p.Kind, err)
+		})
+	}
+	err := g.Wait()
+	if opts.Tee != nil {
+		err = finishTee(opts.Tee, rep, err)
+	}
+	if err == nil {
+		err = check(ctx, pairs, rep)
+	}
+	rep.Duration = time.Since(start)
+	return rep, err
+}
+
+// validate checks that pairs is a set of complete pairs of distinct kinds.
+func validate(pairs []Pair) error {
+	if len(pairs) == 0 {
+		return errors.New("migrate: nothing to migrate")
+	}
+	seen := map[string]bool{}
+	for _, p := range pairs {
+		switch {
+		case p.Kind == "":
+			return errors.New("migrate: a component without a kind")
+		case p.Dumper == nil || p.Restorer == nil:
+			return fmt.Errorf("migrate: %s: a source and a target are both needed", p.Kind)
+		case seen[p.Kind]:
+			return fmt.Errorf("migrate: %s given twice", p.Kind)
+		}
+		seen[p.Kind] = true
+	}
+	return nil
+}
+
+// move runs one pair and fills c. Its error is the cause of a failure: the
+// side whose error is not a consequence of the other side stopping.
+func move(ctx context.Context, p Pair, c *Component, opts Options) error {
+	start := time.Now()
+	w, r := snapshot.Pipe(ctx)
+	var n atomic.Int64
+	out := &countingWriter{out: w, n: &n, progress: opts.Progress}
+	var dumpErr, restoreErr error
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		c.Dumped, dumpErr = dump(ctx, p, out, opts.Tee)
+		w.Close(dumpErr)
+	}()
+	go func() {
+		defer wg.Done()
+		c.Restored, restoreErr = p.Restorer.Restore(ctx, r)
+		r.Close(restoreErr)
+	}()
+	wg.Wait()
+	c.Duration = time.Since(start)
+	c.Bytes = n.Load()
+	stats := c.Restored
+	if stats == nil {
+		stats = c.Dumped
+	}
+	for _, k := range itemKeys {
+		c.Items += stats[k]
+	}
+	switch {
+	case restoreErr != nil && !errors.Is(restoreErr, snapshot.ErrPipeClosed):
+		return fmt.Errorf("restore: %w", restoreErr)
+	case dumpErr != nil:
+		return fmt.Errorf("dump: %w", dumpErr)
+	case restoreErr != nil:
+		return fmt.Errorf("restore: %w", restoreErr)
+	}
+	return nil
+}
+
+// dump runs p's Dumper into out, and also into tee when set.
+func dump(ctx context.Context, p Pair, out snapshot.StreamWriter, tee *snapshot.Writer) (snapshot.Stats, error) {
+	if tee == nil {
+		return p.Dumper.Dump(ctx, out)
+	}
+	td := &teeDumper{d: p.Dumper, out: out}
+	err := tee.Add(p.Kind, td)
+	return td.stats, err
+}
+
+// finishTee commits the tee snapshot after a successful move and aborts it
+// after a failed one.
+func finishTee(w *snapshot.Writer, rep *Report, err error) error {
+	if err == nil {
+		var m *snapshot.Manifest
+		if m, err = w.Commit(); err == nil {
+			rep.Snapshot = m.ID
+			return nil
+		}
+		err = fmt.Errorf("migrate: %w", err)
+	}
+	if aerr := w.Abort(); aerr != nil {
+		err = errors.Join(err, fmt.Errorf("migrate: %w", aerr))
+	}
+	return err
+}
+
+// check runs the pairs' checks concurrently, every one even when another
+// fails, and records their results.
+func check(ctx context.Context, pairs []Pair, rep *Report) error {
+	errs := make([]error, len(pairs))
+	var g errgroup.Group
+	for i, p := range pairs {
+		if p.Check == nil {
+			continue
+		}
+		c := &rep.Components[i]
+		g.Go(func() error {
+			c.Result = ResultVerified
+			if err := p.Check(ctx); err != nil {
+				c.Result, c.Err = ResultDiffers, err
+				errs[i] = fmt.Errorf("migrate: %s: check: %w", p.Kind, err)
+			}
+			return nil
+		})
+	}
+	g.Wait()
+	return errors.Join(errs...)
+}
+
+// countingWriter counts the bytes written to its streams.
+type countingWriter struct {
+	out      snapshot.StreamWriter
+	n        *atomic.Int64
+	progress func(int64)
+}
+
+func (cw *countingWriter) Create(name string) (io.WriteCloser, error) {
+	w, err := cw.out.Create(name)
+	if err != nil {
+		return nil, err
+	}
+	return &countingStream{WriteCloser: w, cw: cw}, nil
+}
+
+type countingStream struct {
+	io.WriteCloser
+	cw *countingWriter
+}
+
+func (s *countingStream) Write(p []byte) (int, error) {
+	n, err := s.WriteCloser.Write(p)
+	s.cw.n.Add(int64(n))
+	if s.cw.progress != nil && n > 0 {
+		s.cw.progress(int64(n))
+	}
+	return n, err
+}
+
+// teeDumper is the Dumper a snapshot.Writer runs for a component: it runs
+// the component's Dumper with a StreamWriter that writes every stream both
+// to the writer's stream and to out (the pipe).
+type teeDumper struct {
+	d     snapshot.Dumper
+	out   snapshot.StreamWriter
+	stats snapshot.Stats
+}
+
+func (td *teeDumper) Dump(ctx context.Context, repo snapshot.StreamWriter) (snapshot.Stats, error) {
+	stats, err := td.d.Dump(ctx, teeWriter{td.out, repo})
+	td.stats = stats
+	return stats, err
+}
+
+// teeWriter creates each stream in both of its StreamWriters.
+type teeWriter struct{ a, b snapshot.StreamWriter }
+
+func (t teeWriter) Create(name string) (io.WriteCloser, error) {
+	a, err := t.a.Create(name)
+	if err != nil {
+		return nil, err
+	}
+	b, err := t.b.Create(name)
+	if err != nil {
+		// a stays open: the pipe fails it when the Dumper returns.
+		return nil, err
+	}
+	return &teeStream{Writer: io.MultiWriter(a, b), a: a, b: b}, nil
+}
+
+type teeStream struct {
+	io.Writer
+	a, b io.WriteCloser
+}
+
+// Close closes the repository's stream first: the restorer sees the end
+// of a stream only once its copy is committed.
+func (s *teeStream) Close() error {
+	err := s.b.Close()
+	if err != nil {
+		return err // the pipe's stream stays open and fails with the Dumper
+	}
+	return s.a.Close()
+}
