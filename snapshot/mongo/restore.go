@@ -30,8 +30,19 @@ import (
 // Drop. An existing empty collection is kept (its options are not changed).
 // It never writes to the databases admin, local and config.
 //
+// Before it writes anything it also checks every collection, collection
+// option and index against what the target's flavor supports (detected from
+// the server unless Flavor is set; see Compatibility) and logs the
+// compatibility table: one line per item adapted, skipped or refused, and a
+// count of those restored as is. It then creates the collections and builds
+// the indexes as adapted, and fails with an error wrapping ErrIncompatible
+// that names the items when anything is refused, or, with Strict, when
+// anything would be adapted or skipped. Against DocumentDB it turns
+// retryable writes off (retryWrites=false), which DocumentDB refuses.
+//
 // Its Stats are those of Verifier, plus "dropped" (collections and views
-// dropped) and "oplog_applied" (operations replayed).
+// dropped), "oplog_applied" (operations replayed), "compat_adapted" and
+// "compat_skipped" (items of the compatibility table adapted and skipped).
 type Restorer struct {
 	// URI and TLSCAFile are as for Dumper.
 	URI       string
@@ -46,7 +57,14 @@ type Restorer struct {
 	// Parallel is how many insert batches (and index builds) are sent at
 	// once (default 4).
 	Parallel int
-	Log      *slog.Logger // progress and warnings (nil = slog.Default())
+	// Flavor is the kind of target server (see ParseFlavor); empty detects
+	// it from the server's hello and buildInfo and its host names.
+	Flavor Flavor
+	// Strict fails the restore, before anything is written, when any
+	// collection option or index would be adapted or skipped for the
+	// target's flavor (a refused item always fails it).
+	Strict bool
+	Log    *slog.Logger // progress and warnings (nil = slog.Default())
 }
 
 // errStopped ends reading when an insert worker failed; Restore returns the
@@ -59,7 +77,11 @@ func (r *Restorer) Restore(ctx context.Context, in snapshot.StreamReader) (snaps
 	if err != nil {
 		return nil, err
 	}
-	client, err := connect(ctx, r.URI, r.TLSCAFile)
+	forced, err := ParseFlavor(string(r.Flavor))
+	if err != nil {
+		return nil, err
+	}
+	client, flavor, version, err := r.connectTarget(ctx, forced)
 	if err != nil {
 		return nil, err
 	}
@@ -71,8 +93,9 @@ func (r *Restorer) Restore(ctx context.Context, in snapshot.StreamReader) (snaps
 	g.SetLimit(parallel(r.Parallel))
 	s := &restorer{
 		r: r, client: client, rename: ren, log: logger(r.Log),
+		flavor: flavor, version: version,
 		inserts: g, wctx: wctx, dbs: map[string]bool{},
-		stats: snapshot.Stats{"dropped": 0, "oplog_applied": 0},
+		stats: snapshot.Stats{"dropped": 0, "oplog_applied": 0, "compat_adapted": 0, "compat_skipped": 0},
 	}
 	stats, err := decode(ctx, in, s, nil)
 	if err != nil {
@@ -85,6 +108,47 @@ func (r *Restorer) Restore(ctx context.Context, in snapshot.StreamReader) (snaps
 		stats[k] = v
 	}
 	return stats, err
+}
+
+// connectTarget connects to the target and finds its flavor and version:
+// forced if set, else the detected one. For DocumentDB it connects with
+// retryWrites=false unless the URI sets retryWrites.
+func (r *Restorer) connectTarget(ctx context.Context, forced Flavor) (*mongo.Client, Flavor, string, error) {
+	log := logger(r.Log)
+	uri, off := r.URI, false
+	if forced == FlavorDocumentDB || slices.ContainsFunc(uriHosts(uri), documentDBHost.MatchString) {
+		uri, off = retryWritesOff(uri)
+	}
+	client, err := connect(ctx, uri, r.TLSCAFile)
+	if err != nil {
+		return nil, "", "", err
+	}
+	detected, version, err := detectFlavor(ctx, client, uri)
+	flavor := forced
+	switch {
+	case err != nil && flavor == "":
+		disconnect(ctx, client)
+		return nil, "", "", fmt.Errorf("%w (set the target's flavor to skip the detection)", err)
+	case err != nil:
+		log.Warn("mongo: cannot ask the target what it is: using the flavor set with an unknown version (DocumentDB features that depend on the version are taken as missing)", "flavor", flavor, "error", err)
+	case flavor == "":
+		flavor = detected
+	case detected != flavor:
+		log.Warn("mongo: the target looks like another flavor than the one set", "set", flavor, "detected", detected, "version", version)
+	}
+	if flavor == FlavorDocumentDB && !off {
+		if u, changed := retryWritesOff(uri); changed {
+			// Detected from hello's host list (a tunnel): reconnect without
+			// retryable writes.
+			disconnect(ctx, client)
+			if client, err = connect(ctx, u, r.TLSCAFile); err != nil {
+				return nil, "", "", err
+			}
+			off = true
+		}
+	}
+	log.Info("mongo: target", "flavor", flavor, "version", version, "retryWrites_off", off)
+	return client, flavor, version, nil
 }
 
 // A rename maps the database from to the database to; the zero rename maps
@@ -126,6 +190,10 @@ type restorer struct {
 	rename rename
 	log    *slog.Logger
 
+	flavor  Flavor
+	version string
+	plans   map[*collection]collPlan // what is created for each collection
+
 	colls []*collection
 	dbs   map[string]bool // source databases in the snapshot
 	reuse map[namespace]bool
@@ -154,10 +222,16 @@ func (s *restorer) startData(ctx context.Context) error {
 	if from := s.rename.from; from != "" && !s.dbs[from] {
 		return fmt.Errorf("mongo: cannot rename database %s: the snapshot holds %s", from, strings.Join(slices.Sorted(maps.Keys(s.dbs)), ", "))
 	}
+	if err := s.compatibility(); err != nil {
+		return err
+	}
 	exist := map[string]map[string]string{} // db → name → type
 	from := map[namespace]namespace{}       // target → source
 	for _, c := range s.colls {
 		t := s.target(c)
+		if s.plans[c].skip {
+			continue
+		}
 		if systemDB(t.db) {
 			return fmt.Errorf("mongo: %s: refusing to write to database %s", t, t.db)
 		}
@@ -180,6 +254,9 @@ func (s *restorer) startData(ctx context.Context) error {
 	s.reuse = map[namespace]bool{}
 	for _, c := range s.colls {
 		t := s.target(c)
+		if s.plans[c].skip {
+			continue
+		}
 		typ, ok := exist[t.db][t.coll]
 		switch {
 		case !ok:
@@ -237,7 +314,7 @@ func listNames(ctx context.Context, db *mongo.Database) (map[string]string, erro
 func (s *restorer) create(ctx context.Context, c *collection) error {
 	t := s.target(c)
 	cmd := bson.D{{Key: "create", Value: t.coll}}
-	elems, err := c.meta.Options.Elements()
+	elems, err := s.plans[c].options.Elements()
 	if err != nil {
 		return corrupt("%s: options: %v", c.ns, err)
 	}
@@ -329,7 +406,7 @@ func (s *restorer) complete(ctx context.Context) error {
 		return err
 	}
 	for _, c := range s.colls {
-		if c.meta.isView() {
+		if c.meta.isView() && !s.plans[c].skip {
 			if err := s.create(ctx, c); err != nil {
 				return err
 			}
@@ -347,7 +424,7 @@ func (s *restorer) createIndexes(ctx context.Context) error {
 	var mu sync.Mutex
 	var errs []error
 	for _, c := range s.colls {
-		specs := c.meta.userIndexes()
+		specs := s.plans[c].indexes
 		if len(specs) == 0 {
 			continue
 		}
@@ -393,5 +470,51 @@ func (s *restorer) finish(ctx context.Context) error {
 		return err
 	}
 	s.log.Info("mongo: restored", "collections", len(s.colls), "dropped", s.stats["dropped"], "oplog_applied", s.stats["oplog_applied"])
+	return nil
+}
+
+// compatibility computes the compatibility table of the snapshot on the
+// target and the plan of every collection, logs the table and fails when
+// anything is refused or, with Strict, adapted or skipped.
+func (s *restorer) compatibility() error {
+	specs := make([]CollectionSpec, len(s.colls))
+	for i, c := range s.colls {
+		t := s.target(c)
+		specs[i] = CollectionSpec{DB: t.db, Name: t.coll, Type: c.meta.Type, Options: c.meta.Options, Indexes: c.meta.Indexes}
+	}
+	plans, rows := planAll(s.flavor, s.version, specs)
+	s.plans = make(map[*collection]collPlan, len(s.colls))
+	for i, c := range s.colls {
+		s.plans[c] = plans[i]
+	}
+	count := map[Verdict]int{}
+	var refused, changed []string
+	for _, row := range rows {
+		count[row.Verdict]++
+		attrs := []any{"target", row.Namespace, "item", row.Item, "detail", row.Detail}
+		switch row.Verdict {
+		case Refused:
+			refused = append(refused, row.String())
+			s.log.Error("mongo: compatibility: refused", attrs...)
+		case Adapted, Skipped:
+			changed = append(changed, row.String())
+			s.log.Warn("mongo: compatibility: "+string(row.Verdict), attrs...)
+		case Info:
+			s.log.Info("mongo: compatibility: note", "detail", row.Detail)
+		}
+	}
+	s.stats["compat_adapted"] = int64(count[Adapted])
+	s.stats["compat_skipped"] = int64(count[Skipped])
+	target := strings.TrimSpace(string(s.flavor) + " " + s.version)
+	s.log.Info("mongo: compatibility", "flavor", s.flavor, "version", s.version, "as_is", count[AsIs],
+		"adapted", count[Adapted], "skipped", count[Skipped], "refused", count[Refused])
+	switch {
+	case len(refused) > 0:
+		return fmt.Errorf("mongo: the target (%s) cannot hold %d item(s) of the snapshot, nothing was written: %s: %w",
+			target, len(refused), strings.Join(refused, "; "), ErrIncompatible)
+	case s.r.Strict && len(changed) > 0:
+		return fmt.Errorf("mongo: strict: %d item(s) of the snapshot would be adapted or skipped on the target (%s), nothing was written: %s: %w",
+			len(changed), target, strings.Join(changed, "; "), ErrIncompatible)
+	}
 	return nil
 }
