@@ -331,6 +331,8 @@ func TestUsageErrors(t *testing.T) {
 		{"verify", "a", "b"},
 		{"restore", "latest"},
 		{"restore", "latest", "--volume-to", "x", "--chown", "root"},
+		{"restore", "latest", "--mongo-to", "mongodb://127.0.0.1:1/", "--mongo-flavor", "cosmos"},
+		{"restore", "latest", "--redis-to", "redis://127.0.0.1:1/", "--redis-flush"},
 		{"export", "latest"},
 		{"list"},
 	} {

@@ -119,6 +119,7 @@ func (opts *migrateOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&t.MongoNSFrom, "mongo-ns-from", "", "rename a database on the way: from this name (e.g. appsmith)…")
 	f.StringVar(&t.MongoNSTo, "mongo-ns-to", "", "…to this one (e.g. appsmith_prod)")
 	f.BoolVar(&t.Drop, "drop", false, "drop target MongoDB collections first (otherwise a collection with documents is refused)")
+	addMongoFlavorFlags(f, t)
 	f.StringVar(&t.RedisTo, "redis-to", "", "move Redis into this redis:// or rediss:// URL (Memorystore, Redis)")
 	f.StringVar(&t.RedisTLSCAFile, "redis-to-tls-ca-file", "", "PEM file of the CA of the target Redis (Memorystore's server CA)")
 	f.BoolVar(&t.RedisReplace, "redis-replace", false, "replace Redis keys that already exist (otherwise an existing key is an error)")

@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/stackport/stackport/snapshot"
@@ -31,6 +32,8 @@ type restoreOptions struct {
 	MongoNSTo      string
 	Drop           bool
 	MongoParallel  int
+	MongoFlavor    string
+	Strict         bool
 
 	RedisTo        string
 	RedisTLSCAFile string
@@ -87,6 +90,7 @@ rejected by name.`,
 	f.StringVar(&opts.MongoNSTo, "mongo-ns-to", "", "…to this one (e.g. appsmith_prod)")
 	f.BoolVar(&opts.Drop, "drop", false, "drop target MongoDB collections first (otherwise a collection with documents is refused)")
 	f.IntVar(&opts.MongoParallel, "mongo-parallel", 4, "MongoDB insert batches in flight")
+	addMongoFlavorFlags(f, &opts)
 	f.StringVar(&opts.RedisTo, "redis-to", "", "restore Redis into this redis:// or rediss:// URL (Memorystore, Redis)")
 	f.StringVar(&opts.RedisTLSCAFile, "redis-tls-ca-file", "", "PEM file of the CA of the target Redis (Memorystore's server CA)")
 	f.BoolVar(&opts.RedisReplace, "redis-replace", false, "replace Redis keys that already exist (otherwise an existing key is an error)")
@@ -122,8 +126,13 @@ func (opts restoreOptions) restorers(log *slog.Logger) ([]part[snapshot.Restorer
 		return nil, usageErrorf("restore: give both --mongo-ns-from and --mongo-ns-to, or neither")
 	}
 	if opts.MongoTo != "" {
+		flavor, err := mongo.ParseFlavor(opts.MongoFlavor)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--mongo-flavor: %w", err)}
+		}
 		parts = append(parts, part[snapshot.Restorer]{"mongo", &mongo.Restorer{URI: opts.MongoTo, TLSCAFile: opts.MongoTLSCAFile,
-			NSFrom: opts.MongoNSFrom, NSTo: opts.MongoNSTo, Drop: opts.Drop, Parallel: opts.MongoParallel, Log: log}})
+			NSFrom: opts.MongoNSFrom, NSTo: opts.MongoNSTo, Drop: opts.Drop, Parallel: opts.MongoParallel,
+			Flavor: flavor, Strict: opts.Strict, Log: log}})
 	}
 	if opts.RedisTo != "" {
 		if opts.RedisFlush && !opts.Yes {
@@ -217,6 +226,13 @@ func runRestore(ctx context.Context, g *globalOptions, opts restoreOptions, ref 
 		fmt.Fprintf(g.stdout, "restored %s of snapshot %s: %s\n", p.kind, m.ID, summary(stats))
 	}
 	return nil
+}
+
+// addMongoFlavorFlags adds the flags that tune a restore to the target's
+// flavor (restore and migrate).
+func addMongoFlavorFlags(f *pflag.FlagSet, opts *restoreOptions) {
+	f.StringVar(&opts.MongoFlavor, "mongo-flavor", "", "target MongoDB flavor: mongodb, atlas, documentdb or ferretdb (default: detected)")
+	f.BoolVar(&opts.Strict, "strict", false, "refuse to restore MongoDB collections or indexes that the target flavor needs adapted or skipped")
 }
 
 // parseDBMap parses --redis-db-map ("" is no map).
