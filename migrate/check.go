@@ -4,8 +4,6 @@ import (
 	"cmp"
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"io/fs"
@@ -19,10 +17,10 @@ import (
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
-	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/stackport/stackport/snapshot"
+	mongosnap "github.com/stackport/stackport/snapshot/mongo"
 )
 
 // maxReported bounds the differences an error names.
@@ -235,24 +233,18 @@ type Mongo struct {
 	Drop     bool // target collections may hold documents (mongo.Restorer's Drop)
 }
 
-// digest sums up a collection.
-type digest struct {
-	docs, bytes int64
-	xor         [sha256.Size]byte
-}
-
 // Check implements Pair.Check.
 func (c Mongo) Check(ctx context.Context) error {
-	src, err := connectMongo(ctx, c.Source, c.SourceTLSCAFile)
+	src, err := mongosnap.Connect(ctx, c.Source, c.SourceTLSCAFile)
 	if err != nil {
 		return err
 	}
-	defer src.Disconnect(context.WithoutCancel(ctx))
-	dst, err := connectMongo(ctx, c.Target, c.TargetTLSCAFile)
+	defer mongosnap.Disconnect(ctx, src)
+	dst, err := mongosnap.Connect(ctx, c.Target, c.TargetTLSCAFile)
 	if err != nil {
 		return err
 	}
-	defer dst.Disconnect(context.WithoutCancel(ctx))
+	defer mongosnap.Disconnect(ctx, dst)
 
 	dbs, err := c.databases(ctx, src)
 	if err != nil {
@@ -269,19 +261,19 @@ func (c Mongo) Check(ctx context.Context) error {
 		target := c.targetDB(db)
 		for _, coll := range colls {
 			g.Go(func() error {
-				want, err := digestOf(gctx, src.Database(db).Collection(coll))
+				want, err := mongosnap.DigestCollection(gctx, src.Database(db).Collection(coll))
 				if err != nil {
 					return fmt.Errorf("mongo: source %s.%s: %w", db, coll, err)
 				}
-				got, err := digestOf(gctx, dst.Database(target).Collection(coll))
+				got, err := mongosnap.DigestCollection(gctx, dst.Database(target).Collection(coll))
 				if err != nil {
 					return fmt.Errorf("mongo: target %s.%s: %w", target, coll, err)
 				}
 				switch {
-				case got.docs != want.docs:
-					diffs.add("%s.%s: %d documents, source %d", target, coll, got.docs, want.docs)
+				case got.Docs != want.Docs:
+					diffs.add("%s.%s: %d documents, source %d", target, coll, got.Docs, want.Docs)
 				case got != want:
-					diffs.add("%s.%s: the documents differ (%d bytes, source %d)", target, coll, got.bytes, want.bytes)
+					diffs.add("%s.%s: the documents differ (%d bytes, source %d)", target, coll, got.Bytes, want.Bytes)
 				}
 				return nil
 			})
@@ -327,50 +319,4 @@ func collections(ctx context.Context, db *mongo.Database) ([]string, error) {
 		}
 	}
 	return names, nil
-}
-
-// digestOf reads every document of coll.
-func digestOf(ctx context.Context, coll *mongo.Collection) (digest, error) {
-	var d digest
-	cur, err := coll.Find(ctx, bson.D{})
-	if err != nil {
-		return d, err
-	}
-	defer cur.Close(context.WithoutCancel(ctx))
-	for cur.Next(ctx) {
-		sum := sha256.Sum256(cur.Current)
-		for i := range sum {
-			d.xor[i] ^= sum[i]
-		}
-		d.docs++
-		d.bytes += int64(len(cur.Current))
-	}
-	return d, cur.Err()
-}
-
-// connectMongo connects to uri, trusting the CAs of the PEM file caFile
-// when set, and checks that the server answers.
-func connectMongo(ctx context.Context, uri, caFile string) (*mongo.Client, error) {
-	opts := options.Client().ApplyURI(uri).SetAppName("stackport")
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("mongo: TLS CA file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("mongo: TLS CA file %s holds no PEM certificate", caFile)
-		}
-		opts.SetTLSConfig(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
-	}
-	client, err := mongo.Connect(opts)
-	if err == nil {
-		if err = client.Ping(ctx, nil); err != nil {
-			client.Disconnect(context.WithoutCancel(ctx))
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("mongo: cannot reach the server: %w", err)
-	}
-	return client, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	mongosnap "github.com/stackport/stackport/snapshot/mongo"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -132,18 +133,18 @@ func (v Volume) Plan(ctx context.Context) Finding {
 // already hold documents (which block unless Drop).
 func (c Mongo) Plan(ctx context.Context) Finding {
 	f := Finding{Items: -1, Bytes: -1}
-	src, err := connectMongo(ctx, c.Source, c.SourceTLSCAFile)
+	src, err := mongosnap.Connect(ctx, c.Source, c.SourceTLSCAFile)
 	if err != nil {
 		f.block("source: %v", err)
 	} else {
-		defer src.Disconnect(context.WithoutCancel(ctx))
+		defer mongosnap.Disconnect(ctx, src)
 		f.note("source: %s", serverVersion(ctx, src))
 	}
-	dst, err := connectMongo(ctx, c.Target, c.TargetTLSCAFile)
+	dst, err := mongosnap.Connect(ctx, c.Target, c.TargetTLSCAFile)
 	if err != nil {
 		f.block("target: %v", err)
 	} else {
-		defer dst.Disconnect(context.WithoutCancel(ctx))
+		defer mongosnap.Disconnect(ctx, dst)
 		f.note("target: %s", serverVersion(ctx, dst))
 	}
 	if src == nil {

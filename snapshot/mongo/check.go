@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/stackport/stackport/snapshot"
@@ -28,18 +29,36 @@ type Checker struct {
 	Log            *slog.Logger
 }
 
-// digest is what Checker compares for a collection.
-type digest struct {
-	docs int64
-	sum  [sha256.Size]byte
+// Digest sums up a collection so that two copies can be compared without
+// regard to document order: the number of documents, their bytes and the XOR
+// of the SHA-256 of each raw document.
+type Digest struct {
+	Docs, Bytes int64
+	Sum         [sha256.Size]byte
 }
 
-func (d *digest) add(doc []byte) {
+// Add adds one raw document.
+func (d *Digest) Add(doc []byte) {
 	h := sha256.Sum256(doc)
 	for i := range h {
-		d.sum[i] ^= h[i]
+		d.Sum[i] ^= h[i]
 	}
-	d.docs++
+	d.Docs++
+	d.Bytes += int64(len(doc))
+}
+
+// DigestCollection reads every document of coll.
+func DigestCollection(ctx context.Context, coll *mongo.Collection) (Digest, error) {
+	var d Digest
+	cur, err := coll.Find(ctx, bson.D{}, options.Find().SetBatchSize(1000))
+	if err != nil {
+		return d, err
+	}
+	defer cur.Close(context.WithoutCancel(ctx))
+	for cur.Next(ctx) {
+		d.Add(cur.Current)
+	}
+	return d, cur.Err()
 }
 
 // Restore implements snapshot.Restorer.
@@ -48,7 +67,7 @@ func (c *Checker) Restore(ctx context.Context, in snapshot.StreamReader) (snapsh
 	if err != nil {
 		return nil, err
 	}
-	s := &digestSink{want: map[namespace]*digest{}}
+	s := &digestSink{want: map[namespace]*Digest{}}
 	stats, err := decode(ctx, in, s, nil)
 	if err != nil {
 		return stats, err
@@ -60,35 +79,26 @@ func (c *Checker) Restore(ctx context.Context, in snapshot.StreamReader) (snapsh
 	if stats["oplog_entries"] > 0 {
 		log.Warn("the snapshot holds oplog entries replayed after the data: collections they touched may differ legitimately", "entries", stats["oplog_entries"])
 	}
-	client, err := connect(ctx, c.URI, c.TLSCAFile)
+	client, err := Connect(ctx, c.URI, c.TLSCAFile)
 	if err != nil {
 		return stats, err
 	}
-	defer disconnect(ctx, client)
+	defer Disconnect(ctx, client)
 	var diffs []string
 	for _, ns := range slices.SortedFunc(maps.Keys(s.want), func(a, b namespace) int { return strings.Compare(a.String(), b.String()) }) {
 		want := s.want[ns]
 		target := namespace{db: rn.apply(ns.db), coll: ns.coll}
-		var got digest
-		cur, err := client.Database(target.db).Collection(target.coll).Find(ctx, bson.D{}, options.Find().SetBatchSize(1000))
-		if err != nil {
-			return stats, fmt.Errorf("mongo: read %s: %w", target, err)
-		}
-		for cur.Next(ctx) {
-			got.add(cur.Current)
-		}
-		err = cur.Err()
-		cur.Close(ctx)
+		got, err := DigestCollection(ctx, client.Database(target.db).Collection(target.coll))
 		if err != nil {
 			return stats, fmt.Errorf("mongo: read %s: %w", target, err)
 		}
 		switch {
-		case got.docs != want.docs:
-			diffs = append(diffs, fmt.Sprintf("%s: %d documents, snapshot has %d", target, got.docs, want.docs))
-		case got.sum != want.sum:
-			diffs = append(diffs, fmt.Sprintf("%s: %d documents, but their content differs", target, got.docs))
+		case got.Docs != want.Docs:
+			diffs = append(diffs, fmt.Sprintf("%s: %d documents, snapshot has %d", target, got.Docs, want.Docs))
+		case got.Sum != want.Sum:
+			diffs = append(diffs, fmt.Sprintf("%s: %d documents, but their content differs", target, got.Docs))
 		default:
-			log.Info("collection matches", "collection", target.String(), "documents", got.docs)
+			log.Info("collection matches", "collection", target.String(), "documents", got.Docs)
 			continue
 		}
 		log.Warn("collection differs", "detail", diffs[len(diffs)-1])
@@ -103,12 +113,12 @@ func (c *Checker) Restore(ctx context.Context, in snapshot.StreamReader) (snapsh
 // documents.
 type digestSink struct {
 	discard
-	want map[namespace]*digest
+	want map[namespace]*Digest
 }
 
 func (s *digestSink) metadata(c *collection) error {
 	if c.meta.Type != "view" {
-		s.want[c.ns] = &digest{}
+		s.want[c.ns] = &Digest{}
 	}
 	return nil
 }
@@ -116,7 +126,7 @@ func (s *digestSink) metadata(c *collection) error {
 func (s *digestSink) documents(ctx context.Context, c *collection, docs *docReader) error {
 	d := s.want[c.ns]
 	return readAll(ctx, docs, func(doc []byte) error {
-		d.add(doc)
+		d.Add(doc)
 		return nil
 	})
 }

@@ -46,11 +46,11 @@ func (d *Dumper) Dump(ctx context.Context, out snapshot.StreamWriter) (snapshot.
 	stats := newStats()
 	stats["consistency_none"] = 0
 	log := logger(d.Log)
-	client, err := connect(ctx, d.URI, d.TLSCAFile)
+	client, err := Connect(ctx, d.URI, d.TLSCAFile)
 	if err != nil {
 		return stats, err
 	}
-	defer disconnect(ctx, client)
+	defer Disconnect(ctx, client)
 
 	dbs, err := d.databases(ctx, client)
 	if err != nil {

@@ -19,11 +19,11 @@ import (
 
 func connectT(t testing.TB, uri string) *mongo.Client {
 	t.Helper()
-	c, err := connect(context.Background(), uri, "")
+	c, err := Connect(context.Background(), uri, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { disconnect(context.Background(), c) })
+	t.Cleanup(func() { Disconnect(context.Background(), c) })
 	return c
 }
 

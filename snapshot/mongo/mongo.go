@@ -152,10 +152,10 @@ func parallel(n int) int {
 	return n
 }
 
-// connect opens a client for uri, with the certificate authorities of the
+// Connect opens a client for uri, with the certificate authorities of the
 // PEM file caFile (if set) trusted for TLS, and checks that the server
 // answers (which also checks the credentials).
-func connect(ctx context.Context, uri, caFile string) (*mongo.Client, error) {
+func Connect(ctx context.Context, uri, caFile string) (*mongo.Client, error) {
 	opts := options.Client().ApplyURI(uri)
 	if opts.AppName == nil {
 		opts.SetAppName("stackport")
@@ -181,14 +181,14 @@ func connect(ctx context.Context, uri, caFile string) (*mongo.Client, error) {
 		return nil, fmt.Errorf("mongo: %s: %w", redact(uri), err)
 	}
 	if err := client.Ping(ctx, nil); err != nil {
-		disconnect(ctx, client)
+		Disconnect(ctx, client)
 		return nil, fmt.Errorf("mongo: cannot reach %s: %w", redact(uri), err)
 	}
 	return client, nil
 }
 
-// disconnect closes client's connections, also when ctx is done.
-func disconnect(ctx context.Context, client *mongo.Client) {
+// Disconnect closes client's connections, also when ctx is done.
+func Disconnect(ctx context.Context, client *mongo.Client) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), disconnectTimeout)
 	defer cancel()
 	_ = client.Disconnect(ctx)

@@ -85,7 +85,7 @@ func (r *Restorer) Restore(ctx context.Context, in snapshot.StreamReader) (snaps
 	if err != nil {
 		return nil, err
 	}
-	defer disconnect(ctx, client)
+	defer Disconnect(ctx, client)
 
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -119,7 +119,7 @@ func (r *Restorer) connectTarget(ctx context.Context, forced Flavor) (*mongo.Cli
 	if forced == FlavorDocumentDB || slices.ContainsFunc(uriHosts(uri), documentDBHost.MatchString) {
 		uri, off = retryWritesOff(uri)
 	}
-	client, err := connect(ctx, uri, r.TLSCAFile)
+	client, err := Connect(ctx, uri, r.TLSCAFile)
 	if err != nil {
 		return nil, "", "", err
 	}
@@ -127,7 +127,7 @@ func (r *Restorer) connectTarget(ctx context.Context, forced Flavor) (*mongo.Cli
 	flavor := forced
 	switch {
 	case err != nil && flavor == "":
-		disconnect(ctx, client)
+		Disconnect(ctx, client)
 		return nil, "", "", fmt.Errorf("%w (set the target's flavor to skip the detection)", err)
 	case err != nil:
 		log.Warn("mongo: cannot ask the target what it is: using the flavor set with an unknown version (DocumentDB features that depend on the version are taken as missing)", "flavor", flavor, "error", err)
@@ -140,8 +140,8 @@ func (r *Restorer) connectTarget(ctx context.Context, forced Flavor) (*mongo.Cli
 		if u, changed := retryWritesOff(uri); changed {
 			// Detected from hello's host list (a tunnel): reconnect without
 			// retryable writes.
-			disconnect(ctx, client)
-			if client, err = connect(ctx, u, r.TLSCAFile); err != nil {
+			Disconnect(ctx, client)
+			if client, err = Connect(ctx, u, r.TLSCAFile); err != nil {
 				return nil, "", "", err
 			}
 			off = true
