@@ -335,7 +335,7 @@ func TestMigratePlan(t *testing.T) {
 
 	opts.Target.MongoTo = "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300"
 	err = runMigrate(context.Background(), e.global(), opts)
-	if err == nil || !strings.Contains(err.Error(), "mongo: target: mongo: cannot reach the server") {
+	if err == nil || !strings.Contains(err.Error(), "mongo: target: mongo: cannot reach mongodb://127.0.0.1:1/") {
 		t.Fatalf("plan with an unreachable target: %v", err)
 	}
 }
