@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -13,6 +14,9 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+	"go.mongodb.org/mongo-driver/v2/bson"
+	mongodrv "go.mongodb.org/mongo-driver/v2/mongo"
+	mongoopts "go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/stackport/stackport/internal/lab"
 )
@@ -36,10 +40,7 @@ func BenchmarkVolume(b *testing.B) {
 			b.Fatalf("%s is needed for the comparison (make lab installs zstd and time)", tools)
 		}
 	}
-	bin := filepath.Join(b.TempDir(), "stackport")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		b.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildBinary(b)
 	for _, mib := range sizes {
 		b.Run(fmt.Sprintf("%dMiB", mib), func(b *testing.B) {
 			work := b.TempDir()
@@ -87,29 +88,55 @@ func benchOnce(b *testing.B, bin, work, tree string) {
 	b.ReportMetric(float64(restoreRSS)/(1<<20), "restore-peak-RSS-MiB")
 }
 
-// run times a command and returns its peak RSS in bytes, as measured by GNU
-// time: the rusage of a child started directly from this process would
-// include this process's own memory, which the child shares until exec.
+// run times a command and returns its peak RSS in bytes.
 func run(b *testing.B, name string, args ...string) (time.Duration, int64) {
 	b.Helper()
-	rss := filepath.Join(b.TempDir(), "rss")
-	cmd := exec.Command("/usr/bin/time", append([]string{"-f", "%M", "-o", rss, name}, args...)...)
+	m := measure(b, name, args...)
+	return m.wall, m.rss
+}
+
+// measurement is what measure reports of one command.
+type measurement struct {
+	wall time.Duration
+	cpu  time.Duration // user + system time of the command itself
+	rss  int64
+}
+
+// measure runs a command under GNU time: the rusage of a child started
+// directly from this process would include this process's own memory, which
+// the child shares until exec.
+func measure(b *testing.B, name string, args ...string) measurement {
+	b.Helper()
+	out := filepath.Join(b.TempDir(), "rusage")
+	cmd := exec.Command("/usr/bin/time", append([]string{"-f", "%M %U %S", "-o", out, name}, args...)...)
 	cmd.Stderr = os.Stderr
 	start := time.Now()
 	if err := cmd.Run(); err != nil {
 		b.Fatalf("%s %s: %v", name, strings.Join(args, " "), err)
 	}
-	elapsed := time.Since(start)
-	out, err := os.ReadFile(rss)
+	m := measurement{wall: time.Since(start)}
+	data, err := os.ReadFile(out)
 	if err != nil {
 		b.Fatal(err)
 	}
-	fields := strings.Fields(string(out))
-	kib, err := strconv.ParseInt(fields[len(fields)-1], 10, 64)
-	if err != nil {
-		b.Fatalf("GNU time output %q: %v", out, err)
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	var kib int64
+	var user, sys float64
+	if _, err := fmt.Sscanf(lines[len(lines)-1], "%d %f %f", &kib, &user, &sys); err != nil {
+		b.Fatalf("GNU time output %q: %v", data, err)
 	}
-	return elapsed, kib << 10
+	m.rss = kib << 10
+	m.cpu = time.Duration((user + sys) * float64(time.Second))
+	return m
+}
+
+// buildBinary builds stackport for a benchmark.
+func buildBinary(b *testing.B) string {
+	bin := filepath.Join(b.TempDir(), "stackport")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	return bin
 }
 
 func dirSize(b *testing.B, dir string) (n int64) {
@@ -185,10 +212,7 @@ func BenchmarkRedis(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	bin := filepath.Join(b.TempDir(), "stackport")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		b.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildBinary(b)
 	_, src := lab.Redis(b)
 	ctx := context.Background()
 	opt, _ := goredis.ParseURL(src)
@@ -224,5 +248,88 @@ func BenchmarkRedis(b *testing.B) {
 		b.ReportMetric(n/restore.Seconds(), "restore-keys/s")
 		b.ReportMetric(float64(dumpRSS)/(1<<20), "dump-peak-RSS-MiB")
 		b.ReportMetric(float64(restoreRSS)/(1<<20), "restore-peak-RSS-MiB")
+	}
+}
+
+// BenchmarkMongo dumps and restores BENCH_MONGO_DOCS Appsmith-like
+// documents of about 1 KB (default 1,000,000) and reports documents and MB
+// per second, peak RSS, and how much of the wall time stackport itself spent
+// on a CPU (the rest is the server and the network).
+func BenchmarkMongo(b *testing.B) {
+	docs := 1_000_000
+	if s := os.Getenv("BENCH_MONGO_DOCS"); s != "" {
+		var err error
+		if docs, err = strconv.Atoi(s); err != nil {
+			b.Fatal(err)
+		}
+	}
+	bin := buildBinary(b)
+	_, src := lab.Mongo(b)
+	ctx := context.Background()
+	client, err := mongodrv.Connect(mongoopts.Client().ApplyURI(src))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer client.Disconnect(ctx)
+	coll := client.Database("appsmith").Collection("newAction")
+	body := strings.Repeat("{{ Query1.data }} ", 40)
+	for i := 0; i < docs; i += 5000 {
+		batch := make([]any, 0, 5000)
+		for j := i; j < min(i+5000, docs); j++ {
+			batch = append(batch, bson.D{{Key: "_id", Value: bson.NewObjectID()}, {Key: "name", Value: "Action" + strconv.Itoa(j)},
+				{Key: "pageId", Value: strconv.Itoa(j % 500)}, {Key: "body", Value: body},
+				{Key: "settings", Value: bson.D{{Key: "timeout", Value: int32(10000)}, {Key: "confirm", Value: false}}},
+				{Key: "policies", Value: bson.A{"read:actions", "execute:actions", "manage:actions"}}})
+		}
+		if _, err := coll.InsertMany(ctx, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for range b.N {
+		work := b.TempDir()
+		dump := measure(b, bin, "snapshot", "-q", "--repo", "file://"+work+"/repo", "--mongo", src)
+		_, dst := lab.Mongo(b)
+		restore := measure(b, bin, "restore", "-q", "--repo", "file://"+work+"/repo", "--mongo-to", dst)
+		mb := float64(dirSize(b, work+"/repo")) / (1 << 20) // stored (compressed) MB
+		for name, m := range map[string]measurement{"dump": dump, "restore": restore} {
+			b.ReportMetric(float64(docs)/m.wall.Seconds(), name+"-docs/s")
+			b.ReportMetric(mb/m.wall.Seconds(), name+"-stored-MB/s")
+			b.ReportMetric(float64(m.rss)/(1<<20), name+"-peak-RSS-MiB")
+			b.ReportMetric(m.cpu.Seconds()/m.wall.Seconds(), name+"-stackport-cpu/wall")
+		}
+	}
+}
+
+// BenchmarkPostgres takes and restores `pgbench -i -s BENCH_PG_SCALE`
+// (default 10: 1,000,000 accounts) with stackport and, in the same run, with
+// pg_dump -Fd -j 2 and pg_restore -j 2, and reports the wall-time ratio and
+// stackport's peak RSS.
+func BenchmarkPostgres(b *testing.B) {
+	scale := cmp.Or(os.Getenv("BENCH_PG_SCALE"), "10")
+	bin := buildBinary(b)
+	pgbin := "/usr/lib/postgresql/15/bin/"
+	_, src := lab.Postgres(b)
+	if out, err := exec.Command(pgbin+"pgbench", "-i", "-q", "-s", scale, src).CombinedOutput(); err != nil {
+		b.Fatalf("pgbench -i: %v\n%s", err, out)
+	}
+	b.ResetTimer()
+	for range b.N {
+		work := b.TempDir()
+		_, dst := lab.Postgres(b)
+		for _, db := range []string{"stock", "sp"} {
+			if out, err := exec.Command(pgbin+"psql", dst, "-c", "CREATE DATABASE "+db).CombinedOutput(); err != nil {
+				b.Fatalf("create database: %v\n%s", err, out)
+			}
+		}
+		into := func(db string) string { return strings.Replace(dst, "/postgres?", "/"+db+"?", 1) }
+		dump := measure(b, pgbin+"pg_dump", "-Fd", "-j", "2", "-f", filepath.Join(work, "stock"), src)
+		restore := measure(b, pgbin+"pg_restore", "-j", "2", "-d", into("stock"), filepath.Join(work, "stock"))
+		snap := measure(b, bin, "snapshot", "-q", "--repo", "file://"+work+"/repo", "--postgres", src, "--postgres-parallel", "2")
+		rest := measure(b, bin, "restore", "-q", "--repo", "file://"+work+"/repo", "--postgres-to", into("sp"), "--postgres-parallel", "2")
+		b.ReportMetric(snap.wall.Seconds()/dump.wall.Seconds(), "snapshot-time/pg_dump")
+		b.ReportMetric(rest.wall.Seconds()/restore.wall.Seconds(), "restore-time/pg_restore")
+		b.ReportMetric((snap.wall+rest.wall).Seconds()/(dump.wall+restore.wall).Seconds(), "total-time/stock")
+		b.ReportMetric(float64(max(snap.rss, rest.rss))/(1<<20), "peak-RSS-MiB")
 	}
 }
