@@ -44,20 +44,30 @@ func newCopyReader(ctx context.Context, r io.Reader, t *table) *copyReader {
 	return &copyReader{ctx: ctx, src: bufio.NewReaderSize(sourceReader{r}, copyBufSize), t: t, lineStart: true}
 }
 
+// Read fills p with as many checked rows as fit, so that COPY FROM sends
+// large messages rather than one per row.
 func (c *copyReader) Read(p []byte) (int, error) {
-	for len(c.cur) == 0 {
-		switch {
-		case c.err != nil:
-			return 0, c.err
-		case c.done:
-			return 0, io.EOF
+	n := 0
+	for n < len(p) {
+		if len(c.cur) == 0 {
+			if c.err != nil || c.done {
+				break
+			}
+			c.err = c.fill()
+			continue
 		}
-		c.err = c.fill()
+		m := copy(p[n:], c.cur)
+		c.cur = c.cur[m:]
+		n += m
 	}
-	n := copy(p, c.cur)
-	c.cur = c.cur[n:]
 	c.bytes += int64(n)
-	return n, nil
+	switch {
+	case n > 0:
+		return n, nil
+	case c.err != nil:
+		return 0, c.err
+	}
+	return 0, io.EOF
 }
 
 // corrupt returns the error for a malformed data stream.
