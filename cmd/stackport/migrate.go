@@ -110,25 +110,7 @@ func (opts *migrateOptions) addFlags(f *pflag.FlagSet) {
 	f.Lookup("redis").Usage = "Redis to migrate: redis:// or rediss:// URL (user and password in the URL)"
 	f.Lookup("postgres").Usage = "PostgreSQL to migrate: postgres:// URL or key=value DSN"
 	f.Lookup("postgres-parallel").Usage = "PostgreSQL tables copied, and index builds run, at once"
-	t := &opts.Target
-	f.StringVar(&t.VolumeTo, "volume-to", "", "move the volume into this directory")
-	f.BoolVar(&t.Force, "force", false, "replace the content of a non-empty volume target")
-	f.StringVar(&t.Chown, "chown", "", "give every file of the volume target this owner, UID:GID")
-	f.StringVar(&t.MongoTo, "mongo-to", "", "move MongoDB into this URI (Atlas, DocumentDB, MongoDB)")
-	f.StringVar(&t.MongoTLSCAFile, "mongo-to-tls-ca-file", "", "PEM file of the CA of the target MongoDB (DocumentDB: global-bundle.pem)")
-	f.StringVar(&t.MongoNSFrom, "mongo-ns-from", "", "rename a database on the way: from this name (e.g. appsmith)…")
-	f.StringVar(&t.MongoNSTo, "mongo-ns-to", "", "…to this one (e.g. appsmith_prod)")
-	f.BoolVar(&t.Drop, "drop", false, "drop target MongoDB collections first (otherwise a collection with documents is refused)")
-	addMongoFlavorFlags(f, t)
-	f.StringVar(&t.RedisTo, "redis-to", "", "move Redis into this redis:// or rediss:// URL (Memorystore, Redis)")
-	f.StringVar(&t.RedisTLSCAFile, "redis-to-tls-ca-file", "", "PEM file of the CA of the target Redis (Memorystore's server CA)")
-	f.BoolVar(&t.RedisReplace, "redis-replace", false, "replace Redis keys that already exist (otherwise an existing key is an error)")
-	f.BoolVar(&t.RedisFlush, "redis-flush", false, "FLUSHDB the target Redis databases first (needs --yes)")
-	f.StringVar(&t.RedisDBMap, "redis-db-map", "", "map Redis databases, source:target,… (e.g. 0:0,1:0 for single-database targets)")
-	f.BoolVar(&t.Yes, "yes", false, "confirm destructive options such as --redis-flush")
-	f.StringVar(&t.PostgresTo, "postgres-to", "", "move PostgreSQL into this database URL (Cloud SQL, PostgreSQL); the role need not be a superuser")
-	f.BoolVar(&t.PostgresKeepOwners, "postgres-keep-owners", false, "keep owners and privileges (needs a role that may set them)")
-	f.BoolVar(&t.PostgresClean, "postgres-clean", false, "drop what the target already holds in the restored schemas first")
+	opts.Target.addTargetFlags(f, true)
 	f.BoolVar(&opts.Plan, "plan", false, "inspect the sources and targets without writing anything: sizes, versions, free space, what would block the move")
 	f.StringVar(&opts.Profile, "profile", "", "the application's layout: appsmith (with --stack)")
 	f.StringVar(&opts.Stack, "stack", "", "the application's stack folder (Appsmith: /appsmith-stacks), read for its configuration/docker.env")

@@ -80,26 +80,9 @@ rejected by name.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&opts.VolumeTo, "volume-to", "", "restore the volume into this directory")
-	f.BoolVar(&opts.Force, "force", false, "replace the content of a non-empty target")
-	f.StringVar(&opts.Chown, "chown", "", "give every restored file this owner, UID:GID")
 	opts.Crypto.addDecryptFlags(f)
-	f.StringVar(&opts.MongoTo, "mongo-to", "", "restore MongoDB into this URI (Atlas, DocumentDB, MongoDB)")
-	f.StringVar(&opts.MongoTLSCAFile, "mongo-tls-ca-file", "", "PEM file of the CA of the target MongoDB (DocumentDB: global-bundle.pem)")
-	f.StringVar(&opts.MongoNSFrom, "mongo-ns-from", "", "rename a database on restore: from this name (e.g. appsmith)…")
-	f.StringVar(&opts.MongoNSTo, "mongo-ns-to", "", "…to this one (e.g. appsmith_prod)")
-	f.BoolVar(&opts.Drop, "drop", false, "drop target MongoDB collections first (otherwise a collection with documents is refused)")
+	opts.addTargetFlags(f, false)
 	f.IntVar(&opts.MongoParallel, "mongo-parallel", 4, "MongoDB insert batches in flight")
-	addMongoFlavorFlags(f, &opts)
-	f.StringVar(&opts.RedisTo, "redis-to", "", "restore Redis into this redis:// or rediss:// URL (Memorystore, Redis)")
-	f.StringVar(&opts.RedisTLSCAFile, "redis-tls-ca-file", "", "PEM file of the CA of the target Redis (Memorystore's server CA)")
-	f.BoolVar(&opts.RedisReplace, "redis-replace", false, "replace Redis keys that already exist (otherwise an existing key is an error)")
-	f.BoolVar(&opts.RedisFlush, "redis-flush", false, "FLUSHDB the target Redis databases first (needs --yes)")
-	f.StringVar(&opts.RedisDBMap, "redis-db-map", "", "map Redis databases, source:target,… (e.g. 0:0,1:0 for single-database targets)")
-	f.BoolVar(&opts.Yes, "yes", false, "confirm destructive options such as --redis-flush")
-	f.StringVar(&opts.PostgresTo, "postgres-to", "", "restore PostgreSQL into this database URL (Cloud SQL, PostgreSQL); the role need not be a superuser")
-	f.BoolVar(&opts.PostgresKeepOwners, "postgres-keep-owners", false, "keep owners and privileges (needs a role that may set them)")
-	f.BoolVar(&opts.PostgresClean, "postgres-clean", false, "drop what the target already holds in the restored schemas first")
 	f.IntVar(&opts.PostgresParallel, "postgres-parallel", 4, "PostgreSQL workers per index build")
 	return cmd
 }
@@ -228,11 +211,36 @@ func runRestore(ctx context.Context, g *globalOptions, opts restoreOptions, ref 
 	return nil
 }
 
-// addMongoFlavorFlags adds the flags that tune a restore to the target's
-// flavor (restore and migrate).
-func addMongoFlavorFlags(f *pflag.FlagSet, opts *restoreOptions) {
+// addTargetFlags adds the --*-to flags and the options of each target, for
+// restore and migrate. In migrate the sources' flags already use the plain
+// CA file names, so the targets' are --mongo-to-tls-ca-file and
+// --redis-to-tls-ca-file there; the --*-parallel flags are each command's own.
+func (opts *restoreOptions) addTargetFlags(f *pflag.FlagSet, migrate bool) {
+	ca := func(component string) string {
+		if migrate {
+			return component + "-to-tls-ca-file"
+		}
+		return component + "-tls-ca-file"
+	}
+	f.StringVar(&opts.VolumeTo, "volume-to", "", "put the volume into this directory (a Filestore/NFS mount, a local folder)")
+	f.BoolVar(&opts.Force, "force", false, "replace the content of a non-empty volume target")
+	f.StringVar(&opts.Chown, "chown", "", "give every file of the volume target this owner, UID:GID")
+	f.StringVar(&opts.MongoTo, "mongo-to", "", "target MongoDB URI (Atlas, DocumentDB, MongoDB)")
+	f.StringVar(&opts.MongoTLSCAFile, ca("mongo"), "", "PEM file of the CA of the target MongoDB (DocumentDB: global-bundle.pem)")
+	f.StringVar(&opts.MongoNSFrom, "mongo-ns-from", "", "rename a database on the way: from this name (e.g. appsmith)…")
+	f.StringVar(&opts.MongoNSTo, "mongo-ns-to", "", "…to this one (e.g. appsmith_prod)")
+	f.BoolVar(&opts.Drop, "drop", false, "drop target MongoDB collections first (otherwise a collection with documents is refused)")
 	f.StringVar(&opts.MongoFlavor, "mongo-flavor", "", "target MongoDB flavor: mongodb, atlas, documentdb or ferretdb (default: detected)")
-	f.BoolVar(&opts.Strict, "strict", false, "refuse to restore MongoDB collections or indexes that the target flavor needs adapted or skipped")
+	f.BoolVar(&opts.Strict, "strict", false, "refuse MongoDB collections or indexes that the target flavor needs adapted or skipped")
+	f.StringVar(&opts.RedisTo, "redis-to", "", "target redis:// or rediss:// URL (Memorystore, Redis)")
+	f.StringVar(&opts.RedisTLSCAFile, ca("redis"), "", "PEM file of the CA of the target Redis (Memorystore's server CA)")
+	f.BoolVar(&opts.RedisReplace, "redis-replace", false, "replace Redis keys that already exist (otherwise an existing key is an error)")
+	f.BoolVar(&opts.RedisFlush, "redis-flush", false, "FLUSHDB the target Redis databases first (needs --yes)")
+	f.StringVar(&opts.RedisDBMap, "redis-db-map", "", "map Redis databases, source:target,… (e.g. 0:0,1:0 for single-database targets)")
+	f.BoolVar(&opts.Yes, "yes", false, "confirm destructive options such as --redis-flush")
+	f.StringVar(&opts.PostgresTo, "postgres-to", "", "target PostgreSQL database URL (Cloud SQL, PostgreSQL); the role need not be a superuser")
+	f.BoolVar(&opts.PostgresKeepOwners, "postgres-keep-owners", false, "keep owners and privileges (needs a role that may set them)")
+	f.BoolVar(&opts.PostgresClean, "postgres-clean", false, "drop what the target already holds in the restored schemas first")
 }
 
 // parseDBMap parses --redis-db-map ("" is no map).
