@@ -59,9 +59,7 @@ func (c Compression) newEncoder(w io.Writer, level, concurrency int) (io.WriteCl
 		if level == 0 {
 			level = 3
 		}
-		return zstd.NewWriter(w,
-			zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(level)),
-			zstd.WithEncoderConcurrency(concurrency))
+		return newFrameEncoder(w, level, concurrency)
 	case Gzip:
 		if level == 0 {
 			level = gzip.DefaultCompression

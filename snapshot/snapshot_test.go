@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -406,4 +407,33 @@ func FuzzDecodeManifest(f *testing.F) {
 			t.Fatal(fmt.Errorf("re-decode: %w", err))
 		}
 	})
+}
+
+// TestStockZstdReadsObjects checks that stored zstd objects — a series of
+// independent frames — are ordinary zstd streams for the stock tool.
+func TestStockZstdReadsObjects(t *testing.T) {
+	repo := openRepo(t)
+	src := testStreams(t)
+	big := bytes.Repeat([]byte("frames, frames, frames\n"), 600000) // several frames
+	src.names = append(src.names, "big")
+	src.data["big"] = big
+	m, err := take(t, repo, src, snapshot.Options{Compression: snapshot.Zstd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range m.Component("files").Objects {
+		stored, err := repo.Bucket().ReadAll(context.Background(), "snapshots/"+m.ID+"/"+o.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("zstd", "-d", "-c", "-q")
+		cmd.Stdin = bytes.NewReader(stored)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("zstd -d %s: %v", o.Key, err)
+		}
+		if !bytes.Equal(out, src.data[o.Name]) {
+			t.Fatalf("zstd -d %s: %d bytes, want %d", o.Key, len(out), len(src.data[o.Name]))
+		}
+	}
 }
