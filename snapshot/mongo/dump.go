@@ -37,6 +37,10 @@ type Dumper struct {
 	DBs []string
 	// Parallel is how many collections are dumped at once (default 4).
 	Parallel int
+	// SkipData, when set, names collections whose documents are left out:
+	// their metadata stream is written, their data stream is not (for a
+	// Restorer whose Skip names the same collections).
+	SkipData func(db, coll string) bool
 	Log      *slog.Logger // progress and warnings (nil = slog.Default())
 }
 
@@ -192,7 +196,7 @@ func (d *Dumper) dumpData(ctx context.Context, client *mongo.Client, out snapsho
 	g.SetLimit(parallel(d.Parallel))
 	var mu sync.Mutex
 	for _, c := range colls {
-		if c.meta.isView() {
+		if c.meta.isView() || (d.SkipData != nil && d.SkipData(c.ns.db, c.ns.coll)) {
 			continue
 		}
 		if gctx.Err() != nil {

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -206,6 +207,58 @@ func TestLab(t *testing.T) {
 			t.Fatal(err)
 		}
 		compareDBs(t, want, readDB(t, ctx, dst.Database("appsmith_empty")))
+	})
+
+	t.Run("resume", func(t *testing.T) {
+		// A first restore reports each collection loaded.
+		var mu sync.Mutex
+		loaded := map[string]int64{}
+		starting := 0
+		r := &Restorer{URI: dstURI, NSFrom: "appsmith", NSTo: "appsmith_resume", Log: quiet,
+			Starting: func(context.Context) error { starting++; return nil },
+			Loaded: func(db, coll string, docs int64) {
+				mu.Lock()
+				defer mu.Unlock()
+				loaded[db+"."+coll] += docs
+			}}
+		if _, err := r.Restore(ctx, one.Reader()); err != nil {
+			t.Fatal(err)
+		}
+		if starting != 1 || len(loaded) != 9 || loaded["appsmith.newAction"] != fixtureSize || loaded["appsmith.application"] != 20 {
+			t.Fatalf("starting %d, loaded %v", starting, loaded)
+		}
+		// Interrupted half way: newAction is gone again. A restore that
+		// skips the others loads it alone; the skipped keep their
+		// documents and indexes.
+		if err := dst.Database("appsmith_resume").Collection("newAction").Drop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		skip := func(db, coll string) bool { return db == "appsmith" && coll != "newAction" }
+		part := streamtest.New()
+		pstats, err := (&Dumper{URI: srcURI, DBs: []string{"appsmith"}, SkipData: skip, Log: quiet}).Dump(ctx, part)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pstats["collections"] != 9 || pstats["documents"] != fixtureSize || slices.Contains(part.Names(), "appsmith/user.bson") {
+			t.Errorf("SkipData: stats %v, streams %v", pstats, part.Names())
+		}
+		clear(loaded)
+		r.Skip = skip
+		if _, err := r.Restore(ctx, part.Reader()); err != nil {
+			t.Fatal(err)
+		}
+		if len(loaded) != 1 || loaded["appsmith.newAction"] != fixtureSize {
+			t.Errorf("loaded %v, want newAction alone", loaded)
+		}
+		compareDBs(t, want, readDB(t, ctx, dst.Database("appsmith_resume")))
+		// Skip also discards the data streams of a full snapshot.
+		if err := dst.Database("appsmith_resume").Collection("newAction").Drop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Restore(ctx, one.Reader()); err != nil {
+			t.Fatal(err)
+		}
+		compareDBs(t, want, readDB(t, ctx, dst.Database("appsmith_resume")))
 	})
 
 	t.Run("corrupt stream", func(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
@@ -64,6 +65,22 @@ type Restorer struct {
 	// collection option or index would be adapted or skipped for the
 	// target's flavor (a refused item always fails it).
 	Strict bool
+	// Skip, when set, names collections (by source database and name)
+	// that the target already holds in full, loaded by an earlier restore
+	// that was interrupted: they are neither checked, dropped, created nor
+	// loaded, and their data streams, if any, are read and discarded.
+	// Their indexes are built again (an existing identical index is
+	// kept).
+	Skip func(db, coll string) bool
+	// Starting, when set, is called once, after every check passed and
+	// before the first write; its error stops the restore with nothing
+	// written.
+	Starting func(ctx context.Context) error
+	// Loaded, when set, is called once every document of a collection's
+	// data stream was inserted and acknowledged, with the collection's
+	// source database and name and the number of documents. It may be
+	// called from several goroutines at once.
+	Loaded func(db, coll string, docs int64)
 	Log    *slog.Logger // progress and warnings (nil = slog.Default())
 }
 
@@ -229,7 +246,7 @@ func (s *restorer) startData(ctx context.Context) error {
 	from := map[namespace]namespace{}       // target → source
 	for _, c := range s.colls {
 		t := s.target(c)
-		if s.plans[c].skip {
+		if s.plans[c].skip || s.skipped(c) {
 			continue
 		}
 		if systemDB(t.db) {
@@ -254,7 +271,7 @@ func (s *restorer) startData(ctx context.Context) error {
 	s.reuse = map[namespace]bool{}
 	for _, c := range s.colls {
 		t := s.target(c)
-		if s.plans[c].skip {
+		if s.plans[c].skip || s.skipped(c) {
 			continue
 		}
 		typ, ok := exist[t.db][t.coll]
@@ -280,6 +297,11 @@ func (s *restorer) startData(ctx context.Context) error {
 	if len(problems) > 0 {
 		return fmt.Errorf("mongo: %s: %w", strings.Join(problems, "; "), snapshot.ErrTargetNotEmpty)
 	}
+	if s.r.Starting != nil {
+		if err := s.r.Starting(ctx); err != nil {
+			return err
+		}
+	}
 
 	for _, t := range drop {
 		if err := s.client.Database(t.db).Collection(t.coll).Drop(ctx); err != nil {
@@ -288,13 +310,18 @@ func (s *restorer) startData(ctx context.Context) error {
 		s.stats.Add("dropped", 1)
 	}
 	for _, c := range s.colls {
-		if !c.meta.isView() && !s.reuse[s.target(c)] {
+		if !c.meta.isView() && !s.reuse[s.target(c)] && !s.skipped(c) {
 			if err := s.create(ctx, c); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// skipped reports whether the target holds c already (Restorer.Skip).
+func (s *restorer) skipped(c *collection) bool {
+	return s.r.Skip != nil && s.r.Skip(c.ns.db, c.ns.coll)
 }
 
 // listNames returns the names and types of the collections and views of db.
@@ -330,8 +357,16 @@ func (s *restorer) create(ctx context.Context, c *collection) error {
 // documents reads the documents of c into batches and hands them to the
 // insert workers.
 func (s *restorer) documents(ctx context.Context, c *collection, docs *docReader) error {
+	if s.skipped(c) {
+		return readAll(ctx, docs, nil)
+	}
 	t := s.target(c)
 	coll := s.client.Database(t.db).Collection(c.meta.dataCollection(t.coll))
+	var load *loading
+	if s.r.Loaded != nil {
+		load = &loading{done: func(n int64) { s.r.Loaded(c.ns.db, c.ns.coll, n) }}
+		load.pending.Store(1) // the reading, below
+	}
 	var batch []any
 	size := 0
 	flush := func() error {
@@ -339,7 +374,12 @@ func (s *restorer) documents(ctx context.Context, c *collection, docs *docReader
 			return s.stopped(ctx)
 		}
 		b := batch
-		s.inserts.Go(func() error { return insert(s.wctx, coll, t, b) })
+		load.add()
+		s.inserts.Go(func() error {
+			err := insert(s.wctx, coll, t, b)
+			load.settle(err)
+			return err
+		})
 		batch, size = nil, 0
 		return nil
 	}
@@ -363,9 +403,43 @@ func (s *restorer) documents(ctx context.Context, c *collection, docs *docReader
 		size += len(doc)
 	}
 	if len(batch) > 0 {
-		return flush()
+		if err := flush(); err != nil {
+			return err
+		}
+	}
+	if load != nil {
+		load.docs = docs.docs
+		load.settle(nil)
 	}
 	return nil
+}
+
+// loading follows the insert batches of one collection, to call done once
+// the stream was read to its end and every batch succeeded. A nil loading
+// follows nothing.
+type loading struct {
+	pending atomic.Int64 // batches in flight, plus one until the stream's end
+	failed  atomic.Bool
+	docs    int64 // set before the reading's settle
+	done    func(docs int64)
+}
+
+func (l *loading) add() {
+	if l != nil {
+		l.pending.Add(1)
+	}
+}
+
+func (l *loading) settle(err error) {
+	if l == nil {
+		return
+	}
+	if err != nil {
+		l.failed.Store(true)
+	}
+	if l.pending.Add(-1) == 0 && !l.failed.Load() {
+		l.done(l.docs)
+	}
 }
 
 // stopped returns the error for the insert workers' context being done.
@@ -406,7 +480,7 @@ func (s *restorer) complete(ctx context.Context) error {
 		return err
 	}
 	for _, c := range s.colls {
-		if c.meta.isView() && !s.plans[c].skip {
+		if c.meta.isView() && !s.plans[c].skip && !s.skipped(c) {
 			if err := s.create(ctx, c); err != nil {
 				return err
 			}
