@@ -135,8 +135,12 @@ func (r *objectReader) Read(p []byte) (int, error) {
 			err = fmt.Errorf("snapshot %s: object %s: %d bytes after decompression, manifest says %d: %w", r.id, r.o.Key, r.raw, r.o.RawSize, ErrCorrupt)
 		}
 	case err != nil:
-		// The stored bytes' own error (I/O, checksum) explains a
-		// decompression failure better than the decompressor does.
+		// The stored bytes' own verdict (I/O error, size, checksum)
+		// explains a decompression failure better than the
+		// decompressor does: read them to their end for it.
+		if r.v.err == nil {
+			_, _ = io.Copy(io.Discard, r.v)
+		}
 		if r.v.err != nil {
 			err = r.v.err
 		} else {
