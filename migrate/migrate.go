@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,6 +50,26 @@ type Options struct {
 	// Progress, when set, is called with the number of bytes each time a
 	// component writes a stream. It must be safe for concurrent use.
 	Progress func(n int64)
+	// Journal, when set, records the progress of the run, so that a run
+	// interrupted and started again with the same pairs resumes: what an
+	// earlier run finished is checked quickly and skipped, what it left
+	// half done is removed from the target and moved again, and nothing
+	// is duplicated. See Journal and Component.Resume.
+	//
+	// Run knows how to resume the components of this module: the volume
+	// (moved whole or not at all: skipped when the target matches the
+	// source by names, types and sizes), PostgreSQL (one transaction:
+	// skipped when every table holds as many rows as the source's) and
+	// MongoDB collection by collection (each collection loaded completely
+	// is skipped when the source and the target hold as many documents as
+	// were loaded; the others are dropped from the target and loaded
+	// again) and Redis database by database (each database written
+	// completely is skipped when the target holds as many keys as the
+	// source; the keys of one written in part replace those in the
+	// target). Other pairs move again in full. With a Tee, skipped
+	// components, collections and databases are still read from the
+	// source into the snapshot, but not written to the target.
+	Journal *Journal
 }
 
 // Results of a component.
@@ -58,6 +79,7 @@ const (
 	ResultDiffers   = "differs"   // moved, but the target differs from the source
 	ResultFailed    = "failed"    // the move failed: this component's error stopped the run
 	ResultCancelled = "cancelled" // stopped because another component failed
+	ResultSkipped   = "skipped"   // moved by an earlier run (see Options.Journal); no check for this kind
 )
 
 // Report says what a run did.
@@ -67,6 +89,9 @@ type Report struct {
 	// or when the run failed).
 	Snapshot string
 	Duration time.Duration
+	// Resumed is true when an earlier run of the migration left a state
+	// (see Options.Journal).
+	Resumed bool
 }
 
 // Component is the report of one component.
@@ -82,6 +107,13 @@ type Component struct {
 	Restored snapshot.Stats
 	Result   string // one of the Result constants
 	Err      error  // why it failed or differs
+	// Skipped are the parts that an earlier run moved, left out of this
+	// run after a check: "volume", "database" (PostgreSQL), "db.coll"
+	// (MongoDB collections), "db0" (Redis databases).
+	Skipped []string
+	// Resume explains, one line each, what was skipped and why, and what
+	// an earlier run left half done and is moved again.
+	Resume []string
 }
 
 // itemKeys are the counters that make up Component.Items.
@@ -93,19 +125,81 @@ var itemKeys = []string{"files", "dirs", "symlinks", "hardlinks", "documents", "
 func Run(ctx context.Context, pairs []Pair, opts Options) (*Report, error) {
 	start := time.Now()
 	rep := &Report{Components: make([]Component, len(pairs))}
-	if err := validate(pairs); err != nil {
+	fail := func(err error) (*Report, error) {
 		if opts.Tee != nil {
 			opts.Tee.Abort()
 		}
 		return rep, err
+	}
+	if err := validate(pairs); err != nil {
+		return fail(err)
+	}
+	pairs = slices.Clone(pairs)
+	skip := make([]bool, len(pairs))
+	if j := opts.Journal; j != nil {
+		rep.Resumed = j.Resumed()
+		if err := j.begin(ctx); err != nil {
+			return fail(err)
+		}
+		for i, p := range pairs {
+			c := &rep.Components[i]
+			c.Kind = p.Kind
+			np, res, err := prepare(ctx, p, j, opts.Tee != nil)
+			if err != nil {
+				return fail(fmt.Errorf("migrate: %s: resume: %w", p.Kind, err))
+			}
+			pairs[i], skip[i], c.Skipped, c.Resume = np, res.skip, res.units, res.notes
+			for _, n := range res.notes {
+				j.log.Info("migrate: "+p.Kind+": "+n, "component", p.Kind)
+			}
+			if res.skip && opts.Tee != nil {
+				pairs[i].Restorer = drain{} // into the snapshot only
+			}
+		}
+		err := j.update(ctx, func(s *State) {
+			for i, p := range pairs {
+				cs := s.Components[p.Kind]
+				if cs == nil {
+					cs = &ComponentState{}
+					s.Components[p.Kind] = cs
+				}
+				// A skipped target matches the source: the migration's
+				// own from now on.
+				cs.Moved = skip[i]
+				cs.Writing = cs.Writing || skip[i]
+			}
+		})
+		if err != nil {
+			return fail(err)
+		}
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	var first sync.Once
 	for i, p := range pairs {
 		c := &rep.Components[i]
 		c.Kind = p.Kind
+		if skip[i] && opts.Tee == nil {
+			c.Result = ResultSkipped
+			continue
+		}
 		g.Go(func() error {
 			err := move(gctx, p, c, opts)
+			if err == nil && skip[i] {
+				c.Result, c.Items = ResultSkipped, 0
+				return nil
+			}
+			if opts.Journal != nil {
+				refused := errors.Is(err, snapshot.ErrTargetNotEmpty)
+				jerr := opts.Journal.updateComponent(ctx, p.Kind, func(cs *ComponentState) {
+					cs.Refused = refused
+					if err == nil {
+						cs.Moved, cs.Writing = true, true
+					}
+				})
+				if err == nil {
+					err = jerr
+				}
+			}
 			if err == nil {
 				c.Result = ResultMoved
 				return nil
@@ -121,6 +215,18 @@ func Run(ctx context.Context, pairs []Pair, opts Options) (*Report, error) {
 	}
 	if err == nil {
 		err = check(ctx, pairs, rep)
+		if j := opts.Journal; j != nil {
+			if jerr := j.update(ctx, func(s *State) {
+				for i, p := range pairs {
+					if cs := s.Components[p.Kind]; cs != nil && p.Check != nil {
+						cs.Differs = rep.Components[i].Result == ResultDiffers
+					}
+				}
+				s.Complete = err == nil
+			}); jerr != nil {
+				err = errors.Join(err, jerr)
+			}
+		}
 	}
 	rep.Duration = time.Since(start)
 	return rep, err

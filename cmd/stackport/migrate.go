@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -31,6 +33,7 @@ type migrateOptions struct {
 	Profile string // "appsmith" or ""
 	Stack   string // the Appsmith stack folder
 	EnvOut  string // where to write the migrated container's environment
+	State   string // where to keep the state that lets a run resume
 }
 
 func newMigrateCommand(g *globalOptions) *cobra.Command {
@@ -49,11 +52,29 @@ without a target, or a target without a source, is a usage error.
 Every component moves concurrently, its streams going straight from the
 source's reader into the target's writer, with the same code as snapshot and
 restore. The first failure stops them all: a volume target is left as it was
-(unless its move had already finished), a database target may hold what was
-loaded so far (run again with --drop, --redis-flush or --postgres-clean).
+(unless its move had already finished), a PostgreSQL target too (one
+transaction), a MongoDB or Redis target may hold what was loaded so far.
 With --repo (or STACKPORT_REPO) the run also keeps a snapshot of what it
 moved, tagged migration=<start time>, committed only when every component
 moved.
+
+Interrupted (or failed), the same command run again resumes: the run records
+its progress in a state object, and the next run with the same sources and
+targets skips what was finished, after a quick check, and moves the rest.
+The volume and PostgreSQL move whole or not at all: they are skipped when the
+target matches the source (names, types and sizes of the files; row counts of
+the tables). MongoDB moves collection by collection: a collection loaded
+completely is skipped when the source and the target hold as many documents
+as were loaded; one loaded in part is dropped and loaded again, so nothing is
+duplicated. Redis moves database by database: a database written completely
+is skipped when the target holds as many keys as the source, the keys of one
+written in part replace those the interrupted run wrote. The state is kept
+in the repository (migrations/<key>.json) with --repo, else next to the
+volume target (.<name>.stackport-migrate-<key>.json beside it), else in the
+user's cache folder, or in the file given with --state. After a complete
+migration a run again moves nothing and only verifies. With --repo a resumed
+run still keeps a complete snapshot: what is skipped is read from the source
+into the snapshot, but not written to the target.
 
 Then every target is compared with its source: the volume entry by entry
 (content SHA-256, mode, mtime, symlink targets), MongoDB collection by
@@ -114,6 +135,7 @@ func (opts *migrateOptions) addFlags(f *pflag.FlagSet) {
 	f.BoolVar(&opts.Plan, "plan", false, "inspect the sources and targets without writing anything: sizes, versions, free space, what would block the move")
 	f.StringVar(&opts.Profile, "profile", "", "the application's layout: appsmith (with --stack)")
 	f.StringVar(&opts.Stack, "stack", "", "the application's stack folder (Appsmith: /appsmith-stacks), read for its configuration/docker.env")
+	f.StringVar(&opts.State, "state", "", "keep the state that lets an interrupted migration resume in this file (default: in the --repo repository, else next to --volume-to, else in the user's cache folder)")
 	f.StringVar(&opts.EnvOut, "env-out", "", "after a verified move, write the migrated container's environment to this file (mode 0600: it holds secrets)")
 }
 
@@ -266,6 +288,88 @@ func (opts migrateOptions) inspect(kind string) (check func(context.Context) err
 	return nil, nil
 }
 
+// userPassword and secretParam match the passwords of connection URLs
+// and key=value connection strings.
+var (
+	userPassword = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9+.-]*://[^:@/]*):[^@/]*@`)
+	secretParam  = regexp.MustCompile(`(?i)\b([a-z_]*(?:password|passwd|secret|token)[a-z_]*)=('[^']*'|[^&\s]*)`)
+)
+
+// withoutSecrets returns a connection URL or string without its passwords.
+func withoutSecrets(s string) string {
+	s = userPassword.ReplaceAllString(s, "$1:REDACTED@")
+	return secretParam.ReplaceAllString(s, "$1=REDACTED")
+}
+
+// key returns the key of the migration, a hash of its sources and targets
+// without passwords (so that a changed password does not start it over),
+// and its description.
+func (opts migrateOptions) key() (key, about string) {
+	s, t := opts.Source, opts.Target
+	abs := func(p string) string {
+		if a, err := filepath.Abs(p); err == nil {
+			return a
+		}
+		return p
+	}
+	sorted := func(v []string) string { return strings.Join(slices.Sorted(slices.Values(v)), ",") }
+	w := withoutSecrets
+	var parts, desc []string
+	if s.Volume != "" {
+		parts = append(parts, "volume", abs(s.Volume), sorted(s.Exclude), abs(t.VolumeTo))
+		desc = append(desc, fmt.Sprintf("volume %s to %s", abs(s.Volume), abs(t.VolumeTo)))
+	}
+	if s.Mongo != "" {
+		parts = append(parts, "mongo", w(s.Mongo), sorted(s.MongoDBs), w(t.MongoTo), t.MongoNSFrom, t.MongoNSTo)
+		desc = append(desc, fmt.Sprintf("mongo %s to %s", w(s.Mongo), w(t.MongoTo)))
+	}
+	if s.Redis != "" {
+		parts = append(parts, "redis", w(s.Redis), w(t.RedisTo), t.RedisDBMap)
+		desc = append(desc, fmt.Sprintf("redis %s to %s", w(s.Redis), w(t.RedisTo)))
+	}
+	if s.Postgres != "" {
+		parts = append(parts, "postgres", w(s.Postgres), sorted(s.PostgresSchemas), w(t.PostgresTo))
+		desc = append(desc, fmt.Sprintf("postgres %s to %s", w(s.Postgres), w(t.PostgresTo)))
+	}
+	return migrate.Key(parts...), strings.Join(desc, "; ")
+}
+
+// journal opens the state of the migration: in --state FILE, else in the
+// repository, else next to the volume target, else in the user's cache
+// folder.
+func (opts migrateOptions) journal(ctx context.Context, repo *storage.Repo, log *slog.Logger) (*migrate.Journal, error) {
+	key, about := opts.key()
+	var store migrate.StateStore
+	switch {
+	case opts.State != "":
+		store = migrate.FileStore(opts.State)
+	case repo != nil:
+		store = migrate.BucketStore{Bucket: repo.Bucket(), Key: migrate.StateObject(key), Name: repo.Name()}
+	case opts.Target.VolumeTo != "":
+		dir, base := filepath.Split(filepath.Clean(opts.Target.VolumeTo))
+		store = migrate.FileStore(filepath.Join(dir, "."+base+".stackport-migrate-"+key+".json"))
+	default:
+		cache, err := os.UserCacheDir()
+		if err != nil {
+			return nil, fmt.Errorf("migrate: no place for the state that lets the migration resume (give --state FILE): %w", err)
+		}
+		dir := filepath.Join(cache, "stackport")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("migrate: state: %w (give --state FILE)", err)
+		}
+		store = migrate.FileStore(filepath.Join(dir, "migrate-"+key+".json"))
+	}
+	j, err := migrate.OpenJournal(ctx, store, key, about, log)
+	if err != nil {
+		return nil, err
+	}
+	if j.Resumed() {
+		st := j.State()
+		log.Info("resuming the migration: an earlier run left its state", "state", j.Where(), "runs", st.Runs, "complete", st.Complete)
+	}
+	return j, nil
+}
+
 // tee starts the snapshot that keeps a copy of the run in the --repo
 // repository, or returns nil without a repository.
 func (opts migrateOptions) tee(ctx context.Context, g *globalOptions, start time.Time) (*snapshot.Writer, *storage.Repo, error) {
@@ -314,7 +418,11 @@ func (opts migrateOptions) tee(ctx context.Context, g *globalOptions, start time
 
 // migrateResult is what migrate prints with --json.
 type migrateResult struct {
-	OK         bool               `json:"ok"`
+	OK bool `json:"ok"`
+	// Resumed: an earlier run of the same migration left a state, kept in
+	// State.
+	Resumed    bool               `json:"resumed"`
+	State      string             `json:"state,omitempty"`
 	Snapshot   string             `json:"snapshot,omitempty"`
 	EnvFile    string             `json:"env_file,omitempty"`
 	Seconds    float64            `json:"seconds"`
@@ -331,6 +439,10 @@ type migrateComponent struct {
 	Error    string         `json:"error,omitempty"`
 	Dumped   snapshot.Stats `json:"dumped"`
 	Restored snapshot.Stats `json:"restored"`
+	// Skipped are the parts an earlier run moved (see migrate.Component).
+	Skipped []string `json:"skipped,omitempty"`
+	// Resume explains what was skipped and why, and what is moved again.
+	Resume []string `json:"resume,omitempty"`
 }
 
 func runMigrate(ctx context.Context, g *globalOptions, opts migrateOptions) error {
@@ -357,8 +469,15 @@ func runMigrate(ctx context.Context, g *globalOptions, opts migrateOptions) erro
 	} else {
 		log.Info("migration started", "components", len(pairs))
 	}
+	journal, err := opts.journal(ctx, repo, log)
+	if err != nil {
+		if tee != nil {
+			tee.Abort()
+		}
+		return err
+	}
 	bar := startProgress(g, "migrate", 0)
-	rep, err := migrate.Run(ctx, pairs, migrate.Options{Tee: tee, Progress: bar.Add})
+	rep, err := migrate.Run(ctx, pairs, migrate.Options{Tee: tee, Progress: bar.Add, Journal: journal})
 	bar.Stop()
 	envFile := ""
 	if err == nil && opts.EnvOut != "" {
@@ -366,7 +485,10 @@ func runMigrate(ctx context.Context, g *globalOptions, opts migrateOptions) erro
 			envFile = opts.EnvOut
 		}
 	}
-	if perr := printMigrateReport(g, rep, envFile, err); perr != nil && err == nil {
+	if err != nil && ctx.Err() == nil && !errors.Is(err, snapshot.ErrDiffers) {
+		log.Info("run the same command again to resume the migration", "state", journal.Where())
+	}
+	if perr := printMigrateReport(g, rep, journal.Where(), envFile, err); perr != nil && err == nil {
 		err = perr
 	}
 	return err
@@ -374,15 +496,16 @@ func runMigrate(ctx context.Context, g *globalOptions, opts migrateOptions) erro
 
 // printMigrateReport prints the report: a table on stderr, or with --json
 // one object on stdout.
-func printMigrateReport(g *globalOptions, rep *migrate.Report, envFile string, err error) error {
+func printMigrateReport(g *globalOptions, rep *migrate.Report, state, envFile string, err error) error {
 	if g.JSON {
-		res := migrateResult{OK: err == nil, Snapshot: rep.Snapshot, EnvFile: envFile, Seconds: rep.Duration.Seconds(), Components: []migrateComponent{}}
+		res := migrateResult{OK: err == nil, Resumed: rep.Resumed, State: state, Snapshot: rep.Snapshot, EnvFile: envFile,
+			Seconds: rep.Duration.Seconds(), Components: []migrateComponent{}}
 		if err != nil {
 			res.Error = err.Error()
 		}
 		for _, c := range rep.Components {
 			cr := migrateComponent{Kind: c.Kind, Items: c.Items, Bytes: c.Bytes, Seconds: c.Duration.Seconds(),
-				Result: c.Result, Dumped: c.Dumped, Restored: c.Restored}
+				Result: c.Result, Dumped: c.Dumped, Restored: c.Restored, Skipped: c.Skipped, Resume: c.Resume}
 			if c.Err != nil {
 				cr.Error = c.Err.Error()
 			}
@@ -397,6 +520,14 @@ func printMigrateReport(g *globalOptions, rep *migrate.Report, envFile string, e
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if rep.Resumed {
+		fmt.Fprintf(g.stderr, "resumed: an earlier run left the state %s\n", state)
+	}
+	for _, c := range rep.Components {
+		for _, n := range c.Resume {
+			fmt.Fprintf(g.stderr, "%s: %s\n", c.Kind, n)
+		}
 	}
 	if rep.Snapshot != "" {
 		fmt.Fprintf(g.stderr, "snapshot %s keeps a copy of this migration\n", rep.Snapshot)

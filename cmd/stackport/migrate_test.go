@@ -8,12 +8,15 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/stackport/stackport/internal/lab"
 	"github.com/stackport/stackport/internal/treetest"
@@ -384,5 +387,180 @@ func TestMigrateRedisAndPostgres(t *testing.T) {
 	}
 	if err := runVerify(ctx, e.global(), verifyOptions{AgainstRedis: rdst, AgainstPostgres: ptarget}, res.Snapshot); err != nil {
 		t.Fatalf("the targets against the migration's snapshot: %v", err)
+	}
+}
+
+// TestMigrateResume: a migration of a volume and a FerretDB whose last
+// collection fails half way (a unique index in the target refuses a
+// document) is run again: the collections loaded before are skipped after
+// a check, the half-loaded one is dropped and loaded again, every document
+// is there exactly once; the state is kept in the repository and the
+// resumed run still keeps a complete snapshot. A third run moves nothing
+// and only verifies.
+func TestMigrateResume(t *testing.T) {
+	ctx := context.Background()
+	_, src := lab.Mongo(t)
+	_, dst := lab.Mongo(t)
+	source, moved := mongoClient(t, src), mongoClient(t, dst)
+	counts := map[string]int{"a": 1200, "b": 1200, "c": 1200, "zz": 2500}
+	for coll, n := range counts {
+		var docs []any
+		for i := range n {
+			u := i
+			if coll == "zz" && i == 2100 {
+				u = 5 // a duplicate for the target's unique index
+			}
+			docs = append(docs, bson.D{{Key: "_id", Value: int32(i)}, {Key: "u", Value: int32(u)}, {Key: "s", Value: strings.Repeat(coll, i%50)}})
+		}
+		if _, err := source.Database("appsmith").Collection(coll).InsertMany(ctx, docs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The fault: an empty zz in the target, with a unique index the
+	// source's zz breaks in its third insert batch.
+	unique := mongo.IndexModel{Keys: bson.D{{Key: "u", Value: 1}}, Options: options.Index().SetUnique(true)}
+	if _, err := moved.Database("appsmith").Collection("zz").Indexes().CreateOne(ctx, unique); err != nil {
+		t.Fatal(err)
+	}
+	vol := treetest.Fixture(t, t.TempDir())
+	target := filepath.Join(t.TempDir(), "stacks")
+	repoDir := filepath.Join(t.TempDir(), "repo")
+	e := &testEnv{t: t, repo: "file://" + repoDir}
+	opts := migrateOptions{
+		Source: snapshotOptions{Volume: vol, Mongo: src, MongoParallel: 1}, // one insert batch at a time: a, b and c are loaded before zz fails
+		Target: restoreOptions{VolumeTo: target, MongoTo: dst},
+	}
+
+	res, err := e.migrateJSON(ctx, opts)
+	if err == nil || !strings.Contains(err.Error(), "appsmith.zz") {
+		t.Fatalf("first run: %v\n%s", err, e.stderr.String())
+	}
+	if res.Components[1].Result != "failed" || res.Resumed || res.Snapshot != "" {
+		t.Fatalf("first run: %+v", res)
+	}
+	volumeMoved := res.Components[0].Result == "moved"
+	partial, err := moved.Database("appsmith").Collection("zz").CountDocuments(ctx, bson.D{})
+	if err != nil || partial == 0 || partial >= 2500 {
+		t.Fatalf("after the first run the target's zz holds %d documents (%v); want part of them", partial, err)
+	}
+	states, _ := filepath.Glob(filepath.Join(repoDir, "migrations", "*.json"))
+	if len(states) != 1 {
+		t.Fatalf("state objects in the repository: %v", states)
+	}
+
+	res, err = e.migrateJSON(ctx, opts)
+	if err != nil {
+		t.Fatalf("second run: %v\n%s", err, e.stderr.String())
+	}
+	mc := res.Components[1]
+	if !res.OK || !res.Resumed || mc.Result != "verified" || res.Components[0].Result != "verified" || !strings.Contains(res.State, " migrations/") {
+		t.Fatalf("second run: %+v", res)
+	}
+	if want := []string{"appsmith.a", "appsmith.b", "appsmith.c"}; !slices.Equal(mc.Skipped, want) {
+		t.Errorf("second run skipped %v, want %v (notes %q)", mc.Skipped, want, mc.Resume)
+	}
+	notes := strings.Join(mc.Resume, "\n")
+	for _, want := range []string{
+		fmt.Sprintf("appsmith.zz: partly loaded by the interrupted run: dropped (%d documents), loaded again", partial),
+		"3 of 4 collections (3600 documents) loaded by an earlier run, with as many documents in the source and the target: skipped",
+	} {
+		if !strings.Contains(notes, want) {
+			t.Errorf("notes lack %q:\n%s", want, notes)
+		}
+	}
+	// Only zz was written; the snapshot of the resumed run holds all.
+	if mc.Restored["documents"] != 2500 || mc.Dumped["documents"] != 6100 {
+		t.Errorf("second run: restored %d documents, dumped %d", mc.Restored["documents"], mc.Dumped["documents"])
+	}
+	if vc := res.Components[0]; volumeMoved && (!slices.Equal(vc.Skipped, []string{"volume"}) || !strings.Contains(strings.Join(vc.Resume, ""), "moved by an earlier run")) {
+		t.Errorf("volume moved by the first run, not skipped by the second: %+v", vc)
+	}
+	for coll, n := range counts {
+		want := rawByID(t, source.Database("appsmith").Collection(coll))
+		got := rawByID(t, moved.Database("appsmith").Collection(coll))
+		count, err := moved.Database("appsmith").Collection(coll).CountDocuments(ctx, bson.D{})
+		if err != nil || int(count) != n || len(got) != n {
+			t.Fatalf("%s: %d documents (%d ids, %v), want %d", coll, count, len(got), err, n)
+		}
+		for k, w := range want {
+			if !bytes.Equal(got[k], w) {
+				t.Fatalf("%s: document %s differs", coll, k)
+			}
+		}
+	}
+	treetest.Compare(t, vol, target, treetest.Options{Owners: os.Geteuid() == 0, Root: true})
+	if err := e.verify(res.Snapshot); err != nil {
+		t.Fatal(err)
+	}
+	again := filepath.Join(t.TempDir(), "again")
+	if err := e.restore(res.Snapshot, again, restoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	treetest.Compare(t, vol, again, treetest.Options{Owners: os.Geteuid() == 0, Root: true})
+
+	// Complete: a third run writes nothing and verifies everything.
+	res, err = e.migrateJSON(ctx, opts)
+	if err != nil {
+		t.Fatalf("third run: %v\n%s", err, e.stderr.String())
+	}
+	for _, c := range res.Components {
+		if c.Result != "verified" || c.Restored["documents"] != 0 || c.Items != 0 || len(c.Skipped) == 0 {
+			t.Errorf("third run: %s: %+v", c.Kind, c)
+		}
+	}
+	if got := res.Components[1].Skipped; len(got) != 4 {
+		t.Errorf("third run skipped %v", got)
+	}
+}
+
+// TestMigrateStateKey: the key of a migration ignores passwords (a new
+// password resumes the same migration) and the state's description holds
+// none.
+func TestMigrateStateKey(t *testing.T) {
+	for in, want := range map[string]string{
+		"mongodb://u:p%40ss@h1:27017,h2:27017/?authSource=admin&tlsCertificateKeyFilePassword=x": "mongodb://u:REDACTED@h1:27017,h2:27017/?authSource=admin&tlsCertificateKeyFilePassword=REDACTED",
+		"host=db user=app password='s e' dbname=x":                                               "host=db user=app password=REDACTED dbname=x",
+		"rediss://:AUTH@10.0.0.3:6378":                                                           "rediss://:REDACTED@10.0.0.3:6378",
+		"postgres://app@db/appdb?sslmode=require":                                                "postgres://app@db/appdb?sslmode=require",
+	} {
+		if got := withoutSecrets(in); got != want {
+			t.Errorf("withoutSecrets(%q) = %q, want %q", in, got, want)
+		}
+	}
+	opts := func(mongoTo string) migrateOptions {
+		return migrateOptions{Source: snapshotOptions{Volume: "/a", Mongo: "mongodb://u:one@src/"}, Target: restoreOptions{VolumeTo: "/b", MongoTo: mongoTo}}
+	}
+	k1, about := opts("mongodb://u:one@dst/").key()
+	k2, _ := opts("mongodb://u:two@dst/").key()
+	k3, _ := opts("mongodb://u:one@other/").key()
+	if k1 != k2 || k1 == k3 || strings.Contains(about, "one") || !strings.Contains(about, "mongo mongodb://u:REDACTED@src/ to mongodb://u:REDACTED@dst/") {
+		t.Errorf("keys %s %s %s, about %q", k1, k2, k3, about)
+	}
+}
+
+// TestMigrateRerunVolume: without a repository the state is kept next to
+// the volume target; a second run skips the volume after a check and says
+// so in the report.
+func TestMigrateRerunVolume(t *testing.T) {
+	vol := treetest.Fixture(t, t.TempDir())
+	parent := t.TempDir()
+	opts := migrateOptions{Source: snapshotOptions{Volume: vol}, Target: restoreOptions{VolumeTo: filepath.Join(parent, "stacks")}}
+	e := &testEnv{t: t}
+	if err := runMigrate(context.Background(), e.global(), opts); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := opts.key()
+	state := filepath.Join(parent, ".stacks.stackport-migrate-"+key+".json")
+	if _, err := os.Stat(state); err != nil {
+		t.Fatalf("no state next to the target: %v", err)
+	}
+	if err := runMigrate(context.Background(), e.global(), opts); err != nil {
+		t.Fatalf("second run: %v\n%s", err, e.stderr.String())
+	}
+	out := e.stderr.String()
+	for _, want := range []string{"resumed: an earlier run left the state " + state, "volume: moved by an earlier run: the target's", "match the source by name, type and size: skipped", "verified"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the report lacks %q:\n%s", want, out)
+		}
 	}
 }

@@ -41,9 +41,11 @@ import (
 // anything would be adapted or skipped. Against DocumentDB it turns
 // retryable writes off (retryWrites=false), which DocumentDB refuses.
 //
-// Its Stats are those of Verifier, plus "dropped" (collections and views
-// dropped), "oplog_applied" (operations replayed), "compat_adapted" and
-// "compat_skipped" (items of the compatibility table adapted and skipped).
+// Its Stats are those of Verifier (without the documents of the collections
+// named by Skip, counted as "skipped_documents"), plus "dropped"
+// (collections and views dropped), "oplog_applied" (operations replayed),
+// "compat_adapted" and "compat_skipped" (items of the compatibility table
+// adapted and skipped).
 type Restorer struct {
 	// URI and TLSCAFile are as for Dumper.
 	URI       string
@@ -121,6 +123,10 @@ func (r *Restorer) Restore(ctx context.Context, in snapshot.StreamReader) (snaps
 	if werr := g.Wait(); werr != nil && (err == nil || errors.Is(err, errStopped)) {
 		err = werr
 	}
+	// The documents of skipped collections were read, not inserted.
+	stats["documents"] -= s.stats["skipped_documents"]
+	stats["bytes"] -= s.stats["skipped_bytes"]
+	delete(s.stats, "skipped_bytes")
 	for k, v := range s.stats {
 		stats[k] = v
 	}
@@ -358,7 +364,10 @@ func (s *restorer) create(ctx context.Context, c *collection) error {
 // insert workers.
 func (s *restorer) documents(ctx context.Context, c *collection, docs *docReader) error {
 	if s.skipped(c) {
-		return readAll(ctx, docs, nil)
+		err := readAll(ctx, docs, nil)
+		s.stats.Add("skipped_documents", docs.docs)
+		s.stats.Add("skipped_bytes", docs.off)
+		return err
 	}
 	t := s.target(c)
 	coll := s.client.Database(t.db).Collection(c.meta.dataCollection(t.coll))

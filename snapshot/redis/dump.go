@@ -37,7 +37,10 @@ type Dumper struct {
 	// TLSCAFile is a PEM file with the CA certificates that sign the
 	// server's certificate (rediss:// only; default: the system's roots).
 	TLSCAFile string
-	Log       *slog.Logger // progress (nil = slog.Default())
+	// SkipDB, when set, names databases left out (for a Restorer whose
+	// Skip names the same databases).
+	SkipDB func(db int) bool
+	Log    *slog.Logger // progress (nil = slog.Default())
 }
 
 // Dump implements snapshot.Dumper. On error the stream being written is left
@@ -55,6 +58,9 @@ func (d *Dumper) Dump(ctx context.Context, out snapshot.StreamWriter) (snapshot.
 		return stats, err
 	}
 	for _, db := range dbs {
+		if d.SkipDB != nil && d.SkipDB(db) {
+			continue
+		}
 		if err := d.dumpDB(ctx, opt, db, out, stats); err != nil {
 			return stats, err
 		}

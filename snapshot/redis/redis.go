@@ -227,6 +227,52 @@ func keyspace(ctx context.Context, c *goredis.Client) ([]int, error) {
 	return dbs, nil
 }
 
+// KeyCount is what INFO keyspace says of one database.
+type KeyCount struct {
+	Keys    int64 // keys
+	Expires int64 // keys with an expiry
+}
+
+// Keyspace returns the key counts of the databases of the server at url
+// that hold keys, by number, as INFO keyspace gives them (caFile as for
+// Dumper.TLSCAFile).
+func Keyspace(ctx context.Context, url, caFile string) (map[int]KeyCount, error) {
+	opt, err := options(url, caFile)
+	if err != nil {
+		return nil, err
+	}
+	c := client(opt, 0)
+	defer c.Close()
+	text, err := info(ctx, c, "keyspace")
+	if err != nil {
+		return nil, err
+	}
+	counts := map[int]KeyCount{}
+	for line := range strings.SplitSeq(text, "\n") {
+		name, fields, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || !strings.HasPrefix(name, "db") {
+			continue
+		}
+		db, err := strconv.Atoi(name[2:])
+		if err != nil || db < 0 || db > maxDB {
+			return nil, fmt.Errorf("redis: %s: unexpected INFO keyspace line %q", opt.Addr, line)
+		}
+		var kc KeyCount
+		for f := range strings.SplitSeq(fields, ",") {
+			k, v, _ := strings.Cut(f, "=")
+			n, _ := strconv.ParseInt(v, 10, 64)
+			switch k {
+			case "keys":
+				kc.Keys = n
+			case "expires":
+				kc.Expires = n
+			}
+		}
+		counts[db] = kc
+	}
+	return counts, nil
+}
+
 // rdbVersions maps the first Redis version of each RDB format version, newest
 // first.
 var rdbVersions = []struct {

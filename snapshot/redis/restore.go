@@ -55,7 +55,24 @@ type Restorer struct {
 	// TargetRDBVersion, if set, is the highest RDB version the target loads,
 	// instead of the one derived from its INFO server.
 	TargetRDBVersion int
-	Log              *slog.Logger // warnings and progress (nil = slog.Default())
+	// Skip, when set, names source databases that the target holds
+	// already, moved by an earlier restore that was interrupted: their
+	// streams are read and discarded, nothing is written, and their keys
+	// are counted as "skipped_keys", not as "keys".
+	Skip func(db int) bool
+	// ReplaceDB, when set, names source databases whose keys replace
+	// existing ones, as with Replace: the databases an earlier restore
+	// began and did not finish, whose keys it wrote.
+	ReplaceDB func(db int) bool
+	// Starting, when set, is called with the source database before
+	// anything is written into its target database (FLUSHDB included);
+	// its error stops the restore.
+	Starting func(ctx context.Context, db int) error
+	// Loaded, when set, is called once every key of a source database's
+	// stream was written (or skipped as expired), with the number of keys
+	// of the stream.
+	Loaded func(db int, keys int64)
+	Log    *slog.Logger // warnings and progress (nil = slog.Default())
 }
 
 // Restore implements snapshot.Restorer.
@@ -74,6 +91,11 @@ func (r *Restorer) Restore(ctx context.Context, in snapshot.StreamReader) (snaps
 	stats, err := readStreams(ctx, in, s)
 	stats["restored"] = s.restored
 	stats["skipped_expired"] = s.expired
+	if s.r.Skip != nil {
+		stats["keys"] -= s.skipped
+		stats["bytes"] -= s.skippedBytes
+		stats["skipped_keys"] = s.skipped
+	}
 	return stats, err
 }
 
@@ -88,11 +110,14 @@ type restoreSink struct {
 	rdb     int    // the highest RDB version the target loads
 	version string // the target's redis_version, for messages
 
-	tdb        int // target database of the current stream
+	tdb        int  // target database of the current stream
+	skip       bool // the current stream is read, not written (Skip)
+	replace    bool // the current stream's keys replace existing ones
 	batch      []record
 	batchBytes int
 
-	restored, expired int64
+	restored, expired     int64
+	skipped, skippedBytes int64 // keys of skipped streams
 }
 
 // errRestarted marks a target that restarted during the restore.
@@ -149,6 +174,16 @@ func (s *restoreSink) begin(ctx context.Context, fr *frameReader) error {
 			fr.stream, fr.rdb, s.opt.Addr, s.version, s.rdb)
 	}
 	s.tdb = mapDB(s.r.DBMap, fr.db)
+	s.skip = s.r.Skip != nil && s.r.Skip(fr.db)
+	s.replace = s.r.Replace || (s.r.ReplaceDB != nil && s.r.ReplaceDB(fr.db))
+	if s.skip {
+		return nil
+	}
+	if s.r.Starting != nil {
+		if err := s.r.Starting(ctx, fr.db); err != nil {
+			return err
+		}
+	}
 	if !s.r.Flush || s.flushed[s.tdb] {
 		return nil
 	}
@@ -166,6 +201,11 @@ func (s *restoreSink) begin(ctx context.Context, fr *frameReader) error {
 }
 
 func (s *restoreSink) record(ctx context.Context, fr *frameReader, rec record) error {
+	if s.skip {
+		s.skipped++
+		s.skippedBytes += int64(len(rec.payload))
+		return nil
+	}
 	if rec.expiry != 0 && rec.expiry <= time.Now().UnixMilli() {
 		s.expired++
 		return nil
@@ -179,10 +219,17 @@ func (s *restoreSink) record(ctx context.Context, fr *frameReader, rec record) e
 }
 
 func (s *restoreSink) end(ctx context.Context, fr *frameReader) error {
+	if s.skip {
+		s.log.Info("redis: database skipped: the target holds it", "db", fr.db, "target_db", s.tdb, "keys", fr.n)
+		return nil
+	}
 	if err := s.flush(ctx, fr); err != nil {
 		return err
 	}
 	s.log.Info("redis: database restored", "db", fr.db, "target_db", s.tdb, "keys", fr.n)
+	if s.r.Loaded != nil {
+		s.r.Loaded(fr.db, fr.n)
+	}
 	return nil
 }
 
@@ -194,8 +241,8 @@ func (s *restoreSink) flush(ctx context.Context, fr *frameReader) error {
 		return nil
 	}
 	c := s.db(s.tdb)
-	checked := s.r.Replace // no need to check for existing keys
-	replace := s.r.Replace
+	checked := s.replace // no need to check for existing keys
+	replace := s.replace
 	err := s.retry(ctx, fmt.Sprintf("%s: batch of frames %d to %d", fr.stream, batch[0].frame, batch[len(batch)-1].frame), func(ctx context.Context, attempt int) (bool, error) {
 		if attempt > 1 {
 			// Every key was absent before the first attempt (or
@@ -284,9 +331,16 @@ func (s *restoreSink) restore(ctx context.Context, c *goredis.Client, fr *frameR
 }
 
 func (s *restoreSink) exists(fr *frameReader, rec record) error {
-	return fmt.Errorf("redis: %s: frame %d: key %q already exists in database %d of the target %s (restore with replace or flush to overwrite it)",
-		fr.stream, rec.frame, rec.key, s.tdb, s.opt.Addr)
+	return existsError(fmt.Sprintf("redis: %s: frame %d: key %q already exists in database %d of the target %s (restore with replace or flush to overwrite it)",
+		fr.stream, rec.frame, rec.key, s.tdb, s.opt.Addr))
 }
+
+// existsError is the error of a key that exists in the target; it wraps
+// snapshot.ErrTargetNotEmpty.
+type existsError string
+
+func (e existsError) Error() string { return string(e) }
+func (e existsError) Unwrap() error { return snapshot.ErrTargetNotEmpty }
 
 func (s *restoreSink) keyError(fr *frameReader, rec record, cmd string, err error) error {
 	return fmt.Errorf("redis: %s: frame %d (key %q): %s into %s db %d: %w", fr.stream, rec.frame, rec.key, cmd, s.opt.Addr, s.tdb, err)

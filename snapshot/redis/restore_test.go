@@ -97,6 +97,55 @@ func TestRestoreErrors(t *testing.T) {
 		}
 	})
 
+	t.Run("resume", func(t *testing.T) {
+		must(t, tc.FlushAll(ctx).Err())
+		var mu sync.Mutex
+		var started []int
+		loaded := map[int]int64{}
+		r := &Restorer{URL: target, TLSCAFile: ca, Log: slog.New(slog.DiscardHandler),
+			Starting: func(_ context.Context, db int) error { started = append(started, db); return nil },
+			Loaded:   func(db int, keys int64) { mu.Lock(); loaded[db] = keys; mu.Unlock() }}
+		if _, err := r.Restore(ctx, m.Reader()); err != nil {
+			t.Fatal(err)
+		}
+		if len(started) != 2 || loaded[0] != 2 || loaded[1] != 1 {
+			t.Fatalf("started %v, loaded %v", started, loaded)
+		}
+		must(t, tc.Expire(ctx, "a", time.Hour).Err())
+		if ks, err := Keyspace(ctx, target, ca); err != nil || len(ks) != 2 || ks[0] != (KeyCount{2, 1}) || ks[1] != (KeyCount{1, 0}) {
+			t.Fatalf("Keyspace: %v, %v", ks, err)
+		}
+		if _, err := (&Restorer{URL: target, TLSCAFile: ca}).Restore(ctx, m.Reader()); !errors.Is(err, snapshot.ErrTargetNotEmpty) {
+			t.Fatalf("existing keys: %v", err)
+		}
+		// db 0 finished (and changed since: skipped, it stays so), db 1
+		// half done: its keys are replaced.
+		must(t, tc.Set(ctx, "a", "changed", 0).Err())
+		tc1 := quietClient(t, target, ca, 1)
+		must(t, tc1.Set(ctx, "c", "half", 0).Err())
+		started, loaded = nil, map[int]int64{}
+		r.Skip = func(db int) bool { return db == 0 }
+		r.ReplaceDB = func(db int) bool { return db == 1 }
+		stats, err := r.Restore(ctx, m.Reader())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if stats["keys"] != 1 || stats["skipped_keys"] != 2 || stats["restored"] != 1 || len(started) != 1 || len(loaded) != 1 || loaded[1] != 1 {
+			t.Errorf("stats %v, started %v, loaded %v", stats, started, loaded)
+		}
+		if a, c := tc.Get(ctx, "a").Val(), tc1.Get(ctx, "c").Val(); a != "changed" || c != "3" {
+			t.Errorf("a = %q, c = %q", a, c)
+		}
+		// The dumper leaves the skipped databases out.
+		part := streamtest.New()
+		if _, err := (&Dumper{URL: srcURL, SkipDB: r.Skip, Log: slog.New(slog.DiscardHandler)}).Dump(ctx, part); err != nil {
+			t.Fatal(err)
+		}
+		if names := part.Names(); len(names) != 1 || names[0] != "db1.frames" {
+			t.Errorf("streams %v", names)
+		}
+	})
+
 	t.Run("newer RDB version", func(t *testing.T) {
 		must(t, tc.FlushDB(ctx).Err())
 		must(t, tc.Set(ctx, "keep", "me", 0).Err())
