@@ -5,7 +5,7 @@ LAB   ?= $(or $(STACKPORT_LAB),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/stackport-
 BIN   := bin/stackport
 export STACKPORT_LAB := $(LAB)
 
-.PHONY: all build test lab demo bench lint fuzz clean
+.PHONY: all build test lab demo bench soak lint fuzz clean
 
 all: build
 
@@ -40,6 +40,11 @@ demo: build
 # BENCH_SIZE_MIB sets the tree size (default 1024).
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./cmd/stackport/
+
+# soak takes 50 snapshots of all four components under write load, with
+# prune between them, and checks that memory and file descriptors stay flat.
+soak: lab
+	STACKPORT_SOAK=1 $(GO) test -count=1 -run '^TestSoak$$' -v -timeout 30m ./cmd/stackport/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

@@ -160,6 +160,11 @@ func Connect(ctx context.Context, uri, caFile string) (*mongo.Client, error) {
 	if opts.AppName == nil {
 		opts.SetAppName("stackport")
 	}
+	if opts.ServerSelectionTimeout == nil {
+		// The driver waits 30 s for an unreachable server by default;
+		// an operator wants to hear about it sooner.
+		opts.SetServerSelectionTimeout(10 * time.Second)
+	}
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
 		if err != nil {

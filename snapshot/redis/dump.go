@@ -51,6 +51,9 @@ func (d *Dumper) Dump(ctx context.Context, out snapshot.StreamWriter) (snapshot.
 	if err != nil {
 		return stats, err
 	}
+	// A source that restarts mid-dump comes back without (some of) its
+	// keys, and SCAN would carry on as if nothing happened.
+	opt.OnConnect = (&restartGuard{addr: opt.Addr}).check
 	c := client(opt, 0)
 	dbs, err := keyspace(ctx, c)
 	c.Close()

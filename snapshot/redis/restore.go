@@ -83,7 +83,7 @@ func (r *Restorer) Restore(ctx context.Context, in snapshot.StreamReader) (snaps
 	}
 	opt.MaxRetries = -1 // retried per batch, knowing what a retry may repeat
 	s := &restoreSink{r: r, server: newServer(opt), log: logger(r.Log), flushed: map[int]bool{}}
-	opt.OnConnect = s.onConnect
+	opt.OnConnect = (&restartGuard{addr: opt.Addr}).check
 	defer s.close()
 	if err := s.connect(ctx); err != nil {
 		return nil, err
@@ -106,7 +106,6 @@ type restoreSink struct {
 	log     *slog.Logger
 	flushed map[int]bool // target databases
 	mu      sync.Mutex
-	runID   string // the target's, to notice restarts
 	rdb     int    // the highest RDB version the target loads
 	version string // the target's redis_version, for messages
 
@@ -120,24 +119,33 @@ type restoreSink struct {
 	skipped, skippedBytes int64 // keys of skipped streams
 }
 
-// errRestarted marks a target that restarted during the restore.
-var errRestarted = errors.New("the target restarted during the restore, so keys written before may be lost; restore again")
+// errRestarted marks a server that restarted while stackport used it: a
+// restarted target may have lost the keys written before, a restarted source
+// the keys not yet read.
+var errRestarted = errors.New("the server restarted meanwhile, so keys may be missing; run the command again")
 
-// onConnect checks every new connection's run_id against the first one's,
-// so that a restart of the target (which may lose the keys written
-// before) fails the restore.
-func (s *restoreSink) onConnect(ctx context.Context, cn *goredis.Conn) error {
+// restartGuard fails every new connection to a server whose run_id differs
+// from the first connection's, so that a restart in the middle of a dump or a
+// restore is an error instead of a silently partial result. Use check as
+// goredis.Options.OnConnect.
+type restartGuard struct {
+	addr  string
+	mu    sync.Mutex
+	runID string
+}
+
+func (g *restartGuard) check(ctx context.Context, cn *goredis.Conn) error {
 	text, err := cn.Info(ctx, "server").Result()
 	if err != nil {
 		return err
 	}
 	id := infoField(text, "run_id")
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.runID == "" {
-		s.runID = id
-	} else if id != s.runID {
-		return fmt.Errorf("redis: %s: run_id %s, was %s: %w", s.opt.Addr, id, s.runID, errRestarted)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.runID == "" {
+		g.runID = id
+	} else if id != g.runID {
+		return fmt.Errorf("redis: %s: run_id %s, was %s: %w", g.addr, id, g.runID, errRestarted)
 	}
 	return nil
 }
