@@ -180,7 +180,7 @@ func runRestore(ctx context.Context, g *globalOptions, opts restoreOptions, ref 
 			}
 			stats, err := p.impl.Restore(gctx, in)
 			if err != nil {
-				return fmt.Errorf("restore: %s: %w", p.kind, err)
+				return fmt.Errorf("restore: %w", err) // component errors name their component
 			}
 			mu.Lock()
 			res.Components[p.kind] = stats
