@@ -53,20 +53,7 @@ func TestWriteFuzzSeeds(t *testing.T) {
 // never panic, accept only valid documents that make up the stream exactly,
 // and report anything else as ErrCorrupt.
 func FuzzBSONStream(f *testing.F) {
-	entries, err := os.ReadDir(fuzzSeeds)
-	if err != nil {
-		f.Fatal(err)
-	}
-	for _, e := range entries {
-		data, err := os.ReadFile(filepath.Join(fuzzSeeds, e.Name()))
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(data)
-	}
-	if len(entries) == 0 {
-		f.Fatalf("no seeds in %s", fuzzSeeds)
-	}
+	streamtest.AddSeeds(f, fuzzSeeds)
 	meta := mustEncode(f, plainCollection("app", "user").meta)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		d := newDocReader(bytes.NewReader(data), "collection app.user")

@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"errors"
+	"github.com/stackport/stackport/internal/streamtest"
 	"io"
 	"os"
 	"path/filepath"
@@ -155,17 +156,7 @@ func TestScannerPgDump(t *testing.T) {
 }
 
 func FuzzScript(f *testing.F) {
-	entries, err := os.ReadDir(scriptSeeds)
-	if err != nil {
-		f.Fatal(err)
-	}
-	for _, e := range entries {
-		data, err := os.ReadFile(filepath.Join(scriptSeeds, e.Name()))
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(data)
-	}
+	streamtest.AddSeeds(f, scriptSeeds)
 	f.Add([]byte("CREATE FUNCTION f() BEGIN ATOMIC SELECT CASE WHEN $a$;$a$ THEN E'\\'' END; END;"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		sts, err := split(t, string(data))

@@ -273,20 +273,7 @@ func TestWriteSeeds(t *testing.T) {
 // panic, must fail with ErrCorrupt (or the format version error), and a
 // stream it accepts must re-encode to the same bytes.
 func FuzzFrames(f *testing.F) {
-	entries, err := os.ReadDir(fuzzSeeds)
-	if err != nil {
-		f.Fatal(err)
-	}
-	for _, e := range entries {
-		data, err := os.ReadFile(filepath.Join(fuzzSeeds, e.Name()))
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(data)
-	}
-	if len(entries) == 0 {
-		f.Fatalf("no seeds in %s", fuzzSeeds)
-	}
+	streamtest.AddSeeds(f, fuzzSeeds)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fr, recs, err := decodeAll(data, "db0.frames")
 		if err != nil {

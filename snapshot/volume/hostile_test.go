@@ -247,20 +247,7 @@ func TestWriteFuzzSeeds(t *testing.T) {
 }
 
 func FuzzVerify(f *testing.F) {
-	entries, err := os.ReadDir(fuzzSeeds)
-	if err != nil {
-		f.Fatal(err)
-	}
-	for _, e := range entries {
-		data, err := os.ReadFile(filepath.Join(fuzzSeeds, e.Name()))
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(data)
-	}
-	if len(entries) == 0 {
-		f.Fatalf("no seeds in %s", fuzzSeeds)
-	}
+	streamtest.AddSeeds(f, fuzzSeeds)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ctx := context.Background()
 		_, verr := (Verifier{}).Restore(ctx, streamtest.One(streamName, data, nil))
