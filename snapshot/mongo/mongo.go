@@ -29,12 +29,10 @@ package mongo
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
@@ -166,13 +164,9 @@ func Connect(ctx context.Context, uri, caFile string) (*mongo.Client, error) {
 		opts.SetServerSelectionTimeout(10 * time.Second)
 	}
 	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
+		pool, err := snapshot.LoadCAFile(caFile)
 		if err != nil {
-			return nil, fmt.Errorf("mongo: TLS CA file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("mongo: TLS CA file %s holds no PEM certificate", caFile)
+			return nil, fmt.Errorf("mongo: %w", err)
 		}
 		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 		if opts.TLSConfig != nil {

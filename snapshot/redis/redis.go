@@ -20,12 +20,10 @@ package redis
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -107,13 +105,9 @@ func options(rawURL, caFile string) (*goredis.Options, error) {
 		if opt.TLSConfig == nil {
 			return nil, fmt.Errorf("redis: a TLS CA file needs a rediss:// URL (got %s://%s)", u.Scheme, u.Host)
 		}
-		pem, err := os.ReadFile(caFile)
+		pool, err := snapshot.LoadCAFile(caFile)
 		if err != nil {
-			return nil, fmt.Errorf("redis: TLS CA file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("redis: TLS CA file %s holds no PEM certificate", caFile)
+			return nil, fmt.Errorf("redis: %w", err)
 		}
 		opt.TLSConfig.RootCAs = pool
 		opt.TLSConfig.MinVersion = tls.VersionTLS12
