@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
-	"go.mongodb.org/mongo-driver/v2/mongo"
-	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/stackport/stackport/internal/lab"
 	"github.com/stackport/stackport/internal/treetest"
@@ -209,15 +207,7 @@ func TestMongoCheck(t *testing.T) {
 	ctx := context.Background()
 	_, srcURI := lab.Mongo(t)
 	_, dstURI := lab.Mongo(t)
-	connect := func(uri string) *mongo.Client {
-		c, err := mongo.Connect(options.Client().ApplyURI(uri))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Disconnect(ctx) })
-		return c
-	}
-	src, dst := connect(srcURI), connect(dstURI)
+	src, dst := lab.MongoClient(t, srcURI), lab.MongoClient(t, dstURI)
 	var docs []any
 	for i := range 300 {
 		docs = append(docs, bson.D{{Key: "_id", Value: int32(i)}, {Key: "v", Value: bson.A{"x", float64(i) / 3}}})

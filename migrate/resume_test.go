@@ -16,7 +16,6 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
-	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/stackport/stackport/internal/lab"
 	"github.com/stackport/stackport/internal/treetest"
@@ -67,15 +66,7 @@ func TestMigrateResumeAfterCancel(t *testing.T) {
 	ctx := context.Background()
 	_, srcURI := lab.Mongo(t)
 	_, dstURI := lab.Mongo(t)
-	connect := func(uri string) *mongo.Client {
-		c, err := mongo.Connect(options.Client().ApplyURI(uri))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Disconnect(ctx) })
-		return c
-	}
-	src, dst := connect(srcURI), connect(dstURI)
+	src, dst := lab.MongoClient(t, srcURI), lab.MongoClient(t, dstURI)
 	colls := []string{"c1", "c2", "c3", "c4", "c5", "c6"}
 	for _, coll := range colls {
 		var docs []any

@@ -15,8 +15,6 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 	"go.mongodb.org/mongo-driver/v2/bson"
-	mongodrv "go.mongodb.org/mongo-driver/v2/mongo"
-	mongoopts "go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/stackport/stackport/internal/lab"
 )
@@ -266,11 +264,7 @@ func BenchmarkMongo(b *testing.B) {
 	bin := buildBinary(b)
 	_, src := lab.Mongo(b)
 	ctx := context.Background()
-	client, err := mongodrv.Connect(mongoopts.Client().ApplyURI(src))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer client.Disconnect(ctx)
+	client := lab.MongoClient(b, src)
 	coll := client.Database("appsmith").Collection("newAction")
 	body := strings.Repeat("{{ Query1.data }} ", 40)
 	for i := 0; i < docs; i += 5000 {

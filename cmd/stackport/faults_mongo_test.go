@@ -21,7 +21,7 @@ import (
 func seedMongoFaults(t *testing.T, uri string) int64 {
 	t.Helper()
 	ctx := context.Background()
-	db := mongoClient(t, uri).Database("appsmith")
+	db := lab.MongoClient(t, uri).Database("appsmith")
 	rng := rand.New(rand.NewPCG(5, 6))
 	var total int64
 	for ci, coll := range []string{"newPage", "newAction", "user"} {
@@ -52,7 +52,7 @@ func TestFaultMongo(t *testing.T) {
 	src, srcURL := lab.Mongo(t)
 	dst, dstURL := lab.Mongo(t)
 	size := seedMongoFaults(t, srcURL)
-	target := mongoClient(t, dstURL)
+	target := lab.MongoClient(t, dstURL)
 	h := &faultDB{
 		kind: "mongo", src: src, dst: dst, srcURL: srcURL, dstURL: dstURL, rawSize: size,
 		snapshotOpts: func(url string) snapshotOptions { return snapshotOptions{Mongo: url, MongoParallel: 2} },

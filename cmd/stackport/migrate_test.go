@@ -31,7 +31,7 @@ func seedMongo(t *testing.T, uri string, n int) {
 		docs = append(docs, bson.D{{Key: "_id", Value: bson.NewObjectID()}, {Key: "n", Value: int32(i)},
 			{Key: "name", Value: "page"}, {Key: "layout", Value: bson.D{{Key: "w", Value: 1.5}, {Key: "tags", Value: bson.A{"a", int64(2)}}}}})
 	}
-	db := mongoClient(t, uri).Database("appsmith")
+	db := lab.MongoClient(t, uri).Database("appsmith")
 	for _, coll := range []string{"newPage", "newAction", "user"} {
 		if _, err := db.Collection(coll).InsertMany(context.Background(), docs); err != nil {
 			t.Fatal(err)
@@ -88,7 +88,7 @@ func TestMigrateVolumeAndMongo(t *testing.T) {
 
 	owners := treetest.Options{Owners: os.Geteuid() == 0, Root: true}
 	treetest.Compare(t, vol, target, owners)
-	source, moved := mongoClient(t, src), mongoClient(t, dst)
+	source, moved := lab.MongoClient(t, src), lab.MongoClient(t, dst)
 	for _, coll := range []string{"newPage", "newAction", "user"} {
 		want := rawByID(t, source.Database("appsmith").Collection(coll))
 		got := rawByID(t, moved.Database("appsmith_prod").Collection(coll))
@@ -269,7 +269,7 @@ func TestMigrateAppsmithProfile(t *testing.T) {
 	if !strings.Contains(e.stderr.String(), "holds secrets") {
 		t.Errorf("no warning about secrets:\n%s", e.stderr.String())
 	}
-	if got := rawByID(t, mongoClient(t, dst).Database("appsmith").Collection("user")); len(got) != 50 {
+	if got := rawByID(t, lab.MongoClient(t, dst).Database("appsmith").Collection("user")); len(got) != 50 {
 		t.Errorf("target appsmith.user: %d documents", len(got))
 	}
 }
@@ -298,7 +298,7 @@ func TestMigratePlan(t *testing.T) {
 	_, src := lab.Mongo(t)
 	_, dst := lab.Mongo(t)
 	seedMongo(t, src, 20)
-	if _, err := mongoClient(t, dst).Database("appsmith").Collection("user").InsertOne(context.Background(), bson.D{{Key: "x", Value: 1}}); err != nil {
+	if _, err := lab.MongoClient(t, dst).Database("appsmith").Collection("user").InsertOne(context.Background(), bson.D{{Key: "x", Value: 1}}); err != nil {
 		t.Fatal(err)
 	}
 	vol := treetest.Fixture(t, t.TempDir())
@@ -320,7 +320,7 @@ func TestMigratePlan(t *testing.T) {
 	if entries, _ := os.ReadDir(target); len(entries) != 1 {
 		t.Errorf("the plan wrote into the target: %v", entries)
 	}
-	if n := len(rawByID(t, mongoClient(t, dst).Database("appsmith").Collection("user"))); n != 1 {
+	if n := len(rawByID(t, lab.MongoClient(t, dst).Database("appsmith").Collection("user"))); n != 1 {
 		t.Errorf("the plan wrote into the target MongoDB: %d documents", n)
 	}
 
@@ -401,7 +401,7 @@ func TestMigrateResume(t *testing.T) {
 	ctx := context.Background()
 	_, src := lab.Mongo(t)
 	_, dst := lab.Mongo(t)
-	source, moved := mongoClient(t, src), mongoClient(t, dst)
+	source, moved := lab.MongoClient(t, src), lab.MongoClient(t, dst)
 	counts := map[string]int{"a": 1200, "b": 1200, "c": 1200, "zz": 2500}
 	for coll, n := range counts {
 		var docs []any

@@ -10,21 +10,10 @@ import (
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
-	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/stackport/stackport/internal/lab"
 	"github.com/stackport/stackport/internal/treetest"
 )
-
-func mongoClient(t *testing.T, uri string) *mongo.Client {
-	t.Helper()
-	c, err := mongo.Connect(options.Client().ApplyURI(uri))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Disconnect(context.Background()) })
-	return c
-}
 
 // rawByID returns every document of a collection as raw BSON, by _id.
 func rawByID(t *testing.T, coll *mongo.Collection) map[string][]byte {
@@ -50,7 +39,7 @@ func TestVolumeAndMongo(t *testing.T) {
 	_, src := lab.Mongo(t)
 	_, dst := lab.Mongo(t)
 	ctx := context.Background()
-	source := mongoClient(t, src)
+	source := lab.MongoClient(t, src)
 	var docs []any
 	for i := range 500 {
 		docs = append(docs, bson.D{{Key: "_id", Value: bson.NewObjectID()}, {Key: "n", Value: int32(i)},
@@ -77,7 +66,7 @@ func TestVolumeAndMongo(t *testing.T) {
 		t.Fatalf("restore: %v\n%s", err, e.stderr.String())
 	}
 	treetest.Compare(t, vol, dstDir, treetest.Options{Owners: os.Geteuid() == 0, Root: true})
-	target := mongoClient(t, dst)
+	target := lab.MongoClient(t, dst)
 	for _, coll := range []string{"newPage", "newAction", "user"} {
 		want := rawByID(t, source.Database("appsmith").Collection(coll))
 		got := rawByID(t, target.Database("appsmith_prod").Collection(coll))

@@ -304,7 +304,7 @@ func startSoakWriter(t *testing.T, ctx context.Context, vol, redisURL, pgURL, mo
 	if err != nil {
 		t.Fatal(err)
 	}
-	live := mongoClient(t, mongoURL).Database("appsmith").Collection("live")
+	live := lab.MongoClient(t, mongoURL).Database("appsmith").Collection("live")
 	w := &soakWriter{}
 	w.wg.Add(1)
 	go func() {
