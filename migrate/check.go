@@ -8,7 +8,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/stackport/stackport/snapshot"
 	mongosnap "github.com/stackport/stackport/snapshot/mongo"
+	"github.com/stackport/stackport/snapshot/volume"
 )
 
 // maxReported bounds the differences an error names.
@@ -155,21 +155,9 @@ func (c Volume) Check(ctx context.Context) error {
 	return diffs.err(fmt.Sprintf("volume: %s and %s", c.Source, c.Target))
 }
 
-// excluded mirrors volume.Dumper: patterns match the relative path or the
-// base name; the top-level entries of an interrupted Restore are skipped.
+// excluded sees the source as volume.Dumper does.
 func (c Volume) excluded(rel string) bool {
-	if !strings.Contains(rel, "/") && strings.HasPrefix(rel, ".stackport-") {
-		return true
-	}
-	for _, p := range c.Exclude {
-		if m, _ := filepath.Match(p, rel); m {
-			return true
-		}
-		if m, _ := filepath.Match(p, path.Base(rel)); m {
-			return true
-		}
-	}
-	return false
+	return (&volume.Dumper{Exclude: c.Exclude}).Excluded(rel)
 }
 
 // skip skips a directory's content, or nothing for other entries.

@@ -99,7 +99,7 @@ func (d *Dumper) Size(ctx context.Context) (int64, error) {
 			}
 			return skipDir(de)
 		}
-		if rel := relPath(root, p); rel != "." && d.excluded(rel) {
+		if rel := relPath(root, p); rel != "." && d.Excluded(rel) {
 			return skipDir(de)
 		}
 		if !de.Type().IsRegular() {
@@ -137,8 +137,10 @@ func (d *Dumper) root() (string, error) {
 	return root, nil
 }
 
-// excluded reports whether the entry at rel is left out of the archive.
-func (d *Dumper) excluded(rel string) bool {
+// Excluded reports whether the entry at rel (slash-separated, relative to
+// Dir) is left out of the archive: it matches an Exclude pattern by path or
+// base name, or it is a leftover of an interrupted restore.
+func (d *Dumper) Excluded(rel string) bool {
 	if isReserved(rel) {
 		return true
 	}
@@ -199,7 +201,7 @@ func (wk *walker) visit(p string, de fs.DirEntry, err error) error {
 		}
 		return wk.skip(p, de, err)
 	}
-	if rel != "." && wk.d.excluded(rel) {
+	if rel != "." && wk.d.Excluded(rel) {
 		if isReserved(rel) {
 			wk.log.Warn("volume: skipping leftover restore directory", "path", p)
 		}
