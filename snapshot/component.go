@@ -36,7 +36,14 @@ type StreamWriter interface {
 // were written.
 //
 // Next returns the name and content of the next stream, or io.EOF when there
-// are no more. The caller must Close the content before calling Next again.
+// are no more. Next is not safe for concurrent use, but the caller may hold
+// several streams at once: Next may be called before the streams it handed
+// out are closed, and each stream may be read on a goroutine of its own
+// (one goroutine at a time per stream). Every stream must be closed, read
+// to its end or not, before the Restorer returns. How many streams are held
+// at once is the caller's to bound: each one may hold a connection or a
+// decoder.
+//
 // Reading the content to its end checks the stored size and checksum: a
 // mismatch is returned by Read as an error wrapping ErrCorrupt, never as
 // io.EOF.

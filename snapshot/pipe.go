@@ -34,6 +34,8 @@ func (e *closedError) Unwrap() []error { return []error{ErrPipeClosed, e.err} }
 // each one, and memory does not grow with the data. The one rule this adds
 // for a Dumper: a stream must be finished without waiting for a later
 // stream to be read (snapshot/volume, mongo, redis and postgres follow it).
+// A Restorer may hold several streams at once and read them concurrently
+// (postgres loads tables in parallel), as the StreamReader contract allows.
 //
 // Each end is closed with the result of its side: PipeWriter.Close(err)
 // when Dump has returned, PipeReader.Close(err) when Restore has returned.
@@ -42,7 +44,7 @@ func (e *closedError) Unwrap() []error { return []error{ErrPipeClosed, e.err} }
 // Create and Write then fail at once, the other side's errors wrapping
 // ErrPipeClosed and the failure.
 func Pipe(ctx context.Context) (*PipeWriter, *PipeReader) {
-	p := &pipe{open: map[*pipeStream]bool{}, names: map[string]bool{}}
+	p := &pipe{open: map[*pipeStream]bool{}, out: map[*pipeStream]bool{}, names: map[string]bool{}}
 	p.cond.L = &p.mu
 	p.stop = context.AfterFunc(ctx, func() {
 		err := fmt.Errorf("snapshot: pipe: %w", ctx.Err())
@@ -59,7 +61,8 @@ type pipe struct {
 	stop func() bool
 
 	queue      []*pipeStream        // created, not yet handed out by Next
-	cur        *pipeStream          // handed out by Next
+	out        map[*pipeStream]bool // handed out by Next, not yet closed by the reader
+	last       *pipeStream          // the stream Next handed out last
 	open       map[*pipeStream]bool // created, not yet closed by the writer
 	names      map[string]bool      // every name created
 	writerDone bool
@@ -77,8 +80,8 @@ func (p *pipe) fail(werr, rerr error) {
 	}
 	p.werr, p.rerr = werr, rerr
 	live := append([]*pipeStream{}, p.queue...)
-	if p.cur != nil {
-		live = append(live, p.cur)
+	for s := range p.out {
+		live = append(live, s)
 	}
 	for s := range p.open {
 		live = append(live, s)
@@ -116,8 +119,7 @@ type pipeStream struct {
 	pr   *io.PipeReader
 	pw   *io.PipeWriter
 
-	// Set by the reader only.
-	eof, readerClosed bool
+	eof bool // read to its end; guarded by p.mu
 }
 
 // PipeWriter is the writing end of a Pipe: the StreamWriter handed to a
@@ -200,15 +202,12 @@ type PipeReader struct{ p *pipe }
 
 // Next returns the next stream in creation order, waiting until it is
 // created, or io.EOF after the writer closed successfully and every stream
-// was handed out. The previous stream must be closed first.
+// was handed out. The streams handed out before need not be closed first:
+// they may be read concurrently, each on its own goroutine.
 func (r *PipeReader) Next() (string, io.ReadCloser, error) {
 	p := r.p
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.cur != nil && !p.cur.readerClosed {
-		return "", nil, fmt.Errorf("snapshot: pipe: %s: Next called before Close", p.cur.name)
-	}
-	p.cur = nil
 	for p.rerr == nil && len(p.queue) == 0 && !p.writerDone {
 		p.cond.Wait()
 	}
@@ -220,13 +219,15 @@ func (r *PipeReader) Next() (string, io.ReadCloser, error) {
 	}
 	s := p.queue[0]
 	p.queue = p.queue[1:]
-	p.cur = s
+	p.out[s] = true
+	p.last = s
 	return s.name, pipeStreamReader{s}, nil
 }
 
 // Close ends the reading side with the result of Restore. An error is
 // passed to the writer's Create and Write calls; a nil err while streams
-// are left (the Restorer stopped before io.EOF) fails the writer too.
+// are left (the Restorer stopped before io.EOF, left a stream it holds
+// unread, or closed the last one before its end) fails the writer too.
 func (r *PipeReader) Close(err error) {
 	p := r.p
 	p.mu.Lock()
@@ -235,7 +236,11 @@ func (r *PipeReader) Close(err error) {
 		return
 	}
 	p.readerDone = true
-	if err == nil && (!p.writerDone || len(p.queue) > 0 || (p.cur != nil && !p.cur.eof)) {
+	unread := p.last != nil && !p.last.eof
+	for s := range p.out {
+		unread = unread || !s.eof
+	}
+	if err == nil && (!p.writerDone || len(p.queue) > 0 || unread) {
 		err = errors.New("snapshot: pipe: the restorer returned before the last stream")
 	}
 	if err != nil {
@@ -250,7 +255,9 @@ func (r pipeStreamReader) Read(b []byte) (int, error) {
 	n, err := r.s.pr.Read(b)
 	switch err {
 	case io.EOF:
+		r.s.p.mu.Lock()
 		r.s.eof = true
+		r.s.p.mu.Unlock()
 	case io.ErrClosedPipe:
 		if _, rerr := r.s.p.errs(); rerr != nil {
 			err = rerr
@@ -264,9 +271,10 @@ func (r pipeStreamReader) Read(b []byte) (int, error) {
 func (r pipeStreamReader) Close() error {
 	s := r.s
 	s.p.mu.Lock()
-	s.readerClosed = true
+	delete(s.p.out, s)
+	eof := s.eof
 	s.p.mu.Unlock()
-	if !s.eof {
+	if !eof {
 		s.pr.CloseWithError(&closedError{"reading end", fmt.Errorf("stream %s closed before its end", s.name)})
 	}
 	return nil

@@ -270,12 +270,168 @@ func TestPipeMisuse(t *testing.T) {
 	if _, _, err := r.Next(); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := r.Next(); err == nil {
-		t.Error("Next before Close succeeded")
-	}
 	w.Close(nil)
 	if _, err := w.Create("b"); err == nil {
 		t.Error("Create after Close succeeded")
 	}
 	r.Close(errors.New("stop"))
+}
+
+// concurrentRestorer holds up to par streams at once, each read on its own
+// goroutine, the way snapshot/postgres loads tables: Next is called before
+// the streams handed out earlier are closed.
+type concurrentRestorer struct {
+	size, par int
+	failAt    int // > 0: fail after reading 10 bytes of that stream
+	fail      error
+}
+
+func (r concurrentRestorer) Restore(ctx context.Context, in snapshot.StreamReader) (snapshot.Stats, error) {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(r.par)
+	var mu sync.Mutex
+	var names []string
+	for i := 1; gctx.Err() == nil; i++ {
+		name, rc, err := in.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			g.Wait()
+			return nil, err
+		}
+		g.Go(func() error {
+			defer rc.Close()
+			if i == r.failAt {
+				rc.Read(make([]byte, 10))
+				return r.fail
+			}
+			got, err := io.ReadAll(rc)
+			if err != nil {
+				return err
+			}
+			if !bytes.Equal(got, content(name, r.size)) {
+				return fmt.Errorf("%s: %d bytes differ", name, len(got))
+			}
+			mu.Lock()
+			names = append(names, name)
+			mu.Unlock()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	return snapshot.Stats{"streams": int64(len(names))}, ctx.Err()
+}
+
+func TestPipeConcurrentReaders(t *testing.T) {
+	for _, tc := range []struct{ n, writers, readers, size int }{{1, 1, 4, 10}, {40, 8, 4, 100 << 10}, {200, 4, 16, 3000}, {30, 1, 30, 50 << 10}} {
+		t.Run(fmt.Sprintf("%d-streams-%d-writers-%d-readers", tc.n, tc.writers, tc.readers), func(t *testing.T) {
+			dumpErr, restoreErr, stats := move(t, context.Background(),
+				parallelDumper{n: tc.n, par: tc.writers, size: tc.size}, concurrentRestorer{size: tc.size, par: tc.readers})
+			if dumpErr != nil || restoreErr != nil {
+				t.Fatalf("dump: %v; restore: %v", dumpErr, restoreErr)
+			}
+			if stats["streams"] != int64(tc.n) {
+				t.Fatalf("restored %d streams, want %d", stats["streams"], tc.n)
+			}
+		})
+	}
+}
+
+func TestPipeConcurrentReaderFails(t *testing.T) {
+	boom := errors.New("target refused")
+	dumpErr, restoreErr, _ := move(t, context.Background(),
+		parallelDumper{n: 20, par: 4, size: 50 << 10}, concurrentRestorer{size: 50 << 10, par: 4, failAt: 3, fail: boom})
+	if !errors.Is(restoreErr, boom) {
+		t.Fatalf("restore: %v", restoreErr)
+	}
+	if !errors.Is(dumpErr, snapshot.ErrPipeClosed) {
+		t.Fatalf("dump: %v; want an error wrapping ErrPipeClosed", dumpErr)
+	}
+}
+
+// TestPipeFailReleasesHeldStreams holds several streams at once, each with
+// a reader blocked in Read, when the dumper fails: every one of them must
+// be released with the dumper's error.
+func TestPipeFailReleasesHeldStreams(t *testing.T) {
+	w, r := snapshot.Pipe(context.Background())
+	const n = 3
+	var writers []io.WriteCloser
+	for i := range n {
+		sw, err := w.Create(fmt.Sprintf("s%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		writers = append(writers, sw)
+	}
+	errs := make(chan error, n)
+	for range n {
+		_, rc, err := r.Next() // none of them closed: allowed
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			defer rc.Close()
+			_, err := io.ReadAll(rc)
+			errs <- err
+		}()
+	}
+	// One byte each, read by the blocked readers, then the failure.
+	for _, sw := range writers {
+		if _, err := sw.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	boom := errors.New("source exploded")
+	w.Close(boom)
+	for range n {
+		select {
+		case err := <-errs:
+			if !errors.Is(err, boom) || !errors.Is(err, snapshot.ErrPipeClosed) {
+				t.Errorf("read: %v; want the dumper's error as a consequence", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("a reader of a held stream was not released")
+		}
+	}
+	if _, _, err := r.Next(); !errors.Is(err, boom) {
+		t.Errorf("next: %v", err)
+	}
+	r.Close(nil)
+}
+
+// TestPipeHeldStreamUnread checks that a Restorer returning success while
+// it holds a stream it did not read to its end fails the writer.
+func TestPipeHeldStreamUnread(t *testing.T) {
+	w, r := snapshot.Pipe(context.Background())
+	a, _ := w.Create("a")
+	b, _ := w.Create("b")
+	w.Close(nil) // streams still open: the dumper's error, see below
+	_, ra, err := r.Next()
+	if err == nil {
+		t.Fatalf("Next after a Close with open streams: %v", ra)
+	}
+	a.Close()
+	b.Close()
+
+	w, r = snapshot.Pipe(context.Background())
+	a, _ = w.Create("a")
+	b, _ = w.Create("b")
+	_, ra, _ = r.Next()
+	_, rb, _ := r.Next()
+	go func() { a.Write([]byte("aa")); a.Close() }()
+	if got, err := io.ReadAll(ra); err != nil || string(got) != "aa" {
+		t.Fatalf("read a: %q, %v", got, err)
+	}
+	ra.Close()
+	done := make(chan error, 1)
+	go func() { _, err := b.Write([]byte("bb")); done <- err }()
+	r.Close(nil) // b was handed out but never read
+	if err := <-done; !errors.Is(err, snapshot.ErrPipeClosed) {
+		t.Errorf("write to the unread stream: %v", err)
+	}
+	rb.Close()
+	w.Close(nil)
 }

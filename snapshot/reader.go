@@ -9,6 +9,8 @@ import (
 	"hash"
 	"io"
 	"io/fs"
+	"slices"
+	"sync/atomic"
 
 	"filippo.io/age"
 )
@@ -42,6 +44,8 @@ func OpenComponent(ctx context.Context, store Store, m *Manifest, kind string, o
 	return sr, nil
 }
 
+// streamReader hands out the objects of a component in manifest order.
+// Several may be open at once (see StreamReader); each is independent.
 type streamReader struct {
 	ctx   context.Context
 	store Store
@@ -50,13 +54,13 @@ type streamReader struct {
 	opts  ReadOptions
 	key   age.Identity // the data key of an encrypted component
 	next  int
-	cur   *objectReader
+	// opened are the objects handed out that were not closed when Next
+	// last looked, in order, for drain.
+	opened []*objectReader
 }
 
 func (sr *streamReader) Next() (string, io.ReadCloser, error) {
-	if sr.cur != nil && !sr.cur.closed {
-		return "", nil, fmt.Errorf("snapshot: %s: Next called before Close", sr.cur.o.Key)
-	}
+	sr.opened = slices.DeleteFunc(sr.opened, (*objectReader).isClosed)
 	if sr.next >= len(sr.c.Objects) {
 		return "", nil, io.EOF
 	}
@@ -66,7 +70,7 @@ func (sr *streamReader) Next() (string, io.ReadCloser, error) {
 	if err != nil {
 		return "", nil, err
 	}
-	sr.cur = r
+	sr.opened = append(sr.opened, r)
 	return o.Name, r, nil
 }
 
@@ -113,7 +117,7 @@ type objectReader struct {
 	raw      int64
 	progress func(int64)
 	err      error
-	closed   bool
+	closed   atomic.Bool // Close may run on another goroutine than Next
 }
 
 func (r *objectReader) Read(p []byte) (int, error) {
@@ -152,13 +156,14 @@ func (r *objectReader) Read(p []byte) (int, error) {
 }
 
 func (r *objectReader) Close() error {
-	if r.closed {
+	if r.closed.Swap(true) {
 		return nil
 	}
-	r.closed = true
 	r.dec.Close()
 	return r.blob.Close()
 }
+
+func (r *objectReader) isClosed() bool { return r.closed.Load() }
 
 // verifier counts and hashes the stored bytes. At their end it compares both
 // with the manifest and returns an error wrapping ErrCorrupt instead of
@@ -226,18 +231,22 @@ func Verify(ctx context.Context, store Store, m *Manifest, decoder func(kind str
 	return errors.Join(errs...)
 }
 
-// drain reads the rest of the current stream and every later one, checking
-// their checksums.
+// drain reads the rest of the streams handed out but not closed, and every
+// later one, checking their checksums.
 func drain(in StreamReader) error {
 	sr := in.(*streamReader)
-	if cur := sr.cur; cur != nil && !cur.closed {
-		_, err := io.Copy(io.Discard, cur)
-		cur.Close()
+	var errs []error
+	for _, r := range sr.opened {
+		if r.isClosed() {
+			continue
+		}
+		_, err := io.Copy(io.Discard, r)
+		r.Close()
 		if err != nil {
-			return err
+			errs = append(errs, err)
 		}
 	}
-	var errs []error
+	sr.opened = nil
 	for {
 		_, r, err := sr.Next()
 		if err == io.EOF {

@@ -437,3 +437,110 @@ func TestStockZstdReadsObjects(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentStreams holds every stream of a component at once and reads
+// them on goroutines of their own, as snapshot/postgres loads tables: Next
+// before Close is allowed, each stream is still checked, and Verify drains
+// what a decoder left open.
+func TestConcurrentStreams(t *testing.T) {
+	for _, c := range []snapshot.Compression{snapshot.Zstd, snapshot.Gzip, snapshot.None} {
+		t.Run(string(c), func(t *testing.T) {
+			repo := openRepo(t)
+			src := testStreams(t)
+			m, err := take(t, repo, src, snapshot.Options{Compression: c})
+			if err != nil {
+				t.Fatal(err)
+			}
+			in, err := snapshot.OpenComponent(context.Background(), repo, m, "files", snapshot.ReadOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			type result struct {
+				name string
+				data []byte
+				err  error
+			}
+			results := make(chan result, len(src.names))
+			var held []io.ReadCloser
+			for {
+				name, r, err := in.Next()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				held = append(held, r)
+				go func() {
+					defer r.Close()
+					b, err := io.ReadAll(r)
+					results <- result{name, b, err}
+				}()
+			}
+			if len(held) != len(src.names) {
+				t.Fatalf("%d streams, want %d", len(held), len(src.names))
+			}
+			for range held {
+				res := <-results
+				if res.err != nil || !bytes.Equal(res.data, src.data[res.name]) {
+					t.Errorf("stream %s: %d bytes, %v", res.name, len(res.data), res.err)
+				}
+			}
+
+			// A damaged object is still found when several are held.
+			damage(t, repo, "snapshots/"+m.ID+"/files/b/text.txt"+c.Ext(), func(b []byte) []byte { b[len(b)/3] ^= 1; return b })
+			in, err = snapshot.OpenComponent(context.Background(), repo, m, "files", snapshot.ReadOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var errs []error
+			var readers []io.ReadCloser
+			for {
+				_, r, err := in.Next()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				readers = append(readers, r)
+			}
+			done := make(chan error, len(readers))
+			for _, r := range readers {
+				go func() {
+					defer r.Close()
+					_, err := io.Copy(io.Discard, r)
+					done <- err
+				}()
+			}
+			for range readers {
+				if err := <-done; err != nil {
+					errs = append(errs, err)
+				}
+			}
+			if len(errs) != 1 || !errors.Is(errs[0], snapshot.ErrCorrupt) || !strings.Contains(errs[0].Error(), "b/text.txt") {
+				t.Fatalf("errors %v; want one ErrCorrupt naming b/text.txt", errs)
+			}
+
+			// Verify drains the streams a decoder holds open and those it
+			// never asked for.
+			err = snapshot.Verify(context.Background(), repo, m, func(string) snapshot.Restorer { return holdTwo{} }, snapshot.ReadOptions{})
+			if !errors.Is(err, snapshot.ErrCorrupt) || !strings.Contains(err.Error(), "b/text.txt") {
+				t.Fatalf("verify = %v; want ErrCorrupt naming b/text.txt", err)
+			}
+		})
+	}
+}
+
+// holdTwo is a decoder that opens two streams and returns without reading
+// or closing them.
+type holdTwo struct{}
+
+func (holdTwo) Restore(ctx context.Context, in snapshot.StreamReader) (snapshot.Stats, error) {
+	for range 2 {
+		if _, _, err := in.Next(); err != nil {
+			return nil, err
+		}
+	}
+	return nil, nil
+}
