@@ -219,6 +219,10 @@ type Mongo struct {
 	// Parallel is how many collections are compared at once (default 4).
 	Parallel int
 	Drop     bool // target collections may hold documents (mongo.Restorer's Drop)
+	// Flavor and Strict are mongo.Restorer's, for Plan's compatibility
+	// table (an empty Flavor is detected).
+	Flavor mongosnap.Flavor
+	Strict bool
 }
 
 // Check implements Pair.Check.

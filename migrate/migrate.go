@@ -135,7 +135,7 @@ func Run(ctx context.Context, pairs []Pair, opts Options) (*Report, error) {
 		return fail(err)
 	}
 	pairs = slices.Clone(pairs)
-	skip := make([]bool, len(pairs))
+	skip, own := make([]bool, len(pairs)), make([]bool, len(pairs))
 	if j := opts.Journal; j != nil {
 		rep.Resumed = j.Resumed()
 		if err := j.begin(ctx); err != nil {
@@ -148,7 +148,7 @@ func Run(ctx context.Context, pairs []Pair, opts Options) (*Report, error) {
 			if err != nil {
 				return fail(fmt.Errorf("migrate: %s: resume: %w", p.Kind, err))
 			}
-			pairs[i], skip[i], c.Skipped, c.Resume = np, res.skip, res.units, res.notes
+			pairs[i], skip[i], own[i], c.Skipped, c.Resume = np, res.skip, res.own, res.units, res.notes
 			for _, n := range res.notes {
 				j.log.Info("migrate: "+p.Kind+": "+n, "component", p.Kind)
 			}
@@ -166,7 +166,7 @@ func Run(ctx context.Context, pairs []Pair, opts Options) (*Report, error) {
 				// A skipped target matches the source: the migration's
 				// own from now on.
 				cs.Moved = skip[i]
-				cs.Writing = cs.Writing || skip[i]
+				cs.Writing = cs.Writing || skip[i] || own[i]
 			}
 		})
 		if err != nil {

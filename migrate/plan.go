@@ -4,16 +4,22 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	mongosnap "github.com/stackport/stackport/snapshot/mongo"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	mongosnap "github.com/stackport/stackport/snapshot/mongo"
 )
 
 // A Finding is what Plan found out about one component, writing nothing.
@@ -23,6 +29,18 @@ type Finding struct {
 	Bytes    int64    `json:"bytes"`    // in the source; -1: unknown
 	Notes    []string `json:"notes"`    // worth knowing: versions, free space
 	Blockers []string `json:"blockers"` // what would make the move fail
+	// Compat is the compatibility table of the target, one line per item
+	// that is not moved as is (MongoDB: see mongo.Compatibility).
+	Compat []string `json:"compat,omitempty"`
+	// Estimate is how long the move of the component may take: Bytes at
+	// the component's Throughput (0 when Bytes is unknown).
+	Estimate time.Duration `json:"estimate_ns"`
+	// Throughput is the rate of the estimate, in MiB/s.
+	Throughput float64 `json:"throughput_mib_s"`
+
+	// occupied are target data in the way of the move: blockers, unless
+	// an earlier run of the migration wrote them (see PlanOptions).
+	occupied []string
 }
 
 func (f *Finding) note(format string, args ...any) {
@@ -33,10 +51,70 @@ func (f *Finding) block(format string, args ...any) {
 	f.Blockers = append(f.Blockers, fmt.Sprintf(format, args...))
 }
 
+// occupy records target data in the way of the move.
+func (f *Finding) occupy(format string, args ...any) {
+	f.occupied = append(f.occupied, fmt.Sprintf(format, args...))
+}
+
+// Throughput is the rate, in MiB/s, at which Plan estimates the move of
+// each kind: deliberately low, for a source and a target on different
+// machines (a Filestore share, a managed database across a network), on
+// small machines. A kind not listed moves at DefaultThroughput.
+var Throughput = map[string]float64{
+	"volume":   30, // tar over NFS: many small files
+	"mongo":    5,  // bulk inserts and index builds; FerretDB loads ~10 MiB/s on loopback
+	"redis":    10, // RESTORE pipelines; Bytes is the source's memory, more than the dump
+	"postgres": 10, // COPY in one transaction, then the indexes
+}
+
+// DefaultThroughput is the rate of kinds Throughput does not list.
+const DefaultThroughput = 10
+
+// PlanOptions tune Plan.
+type PlanOptions struct {
+	// Journal, when set, is the state of the migration: what an earlier
+	// run left in the targets is not in the way (the run resumes), and
+	// the report says what it finished.
+	Journal *Journal
+}
+
+// A PlanReport is what Plan found out.
+type PlanReport struct {
+	Components []Finding `json:"components"`
+	// Estimate is how long the run may take: the components move
+	// concurrently, then every target is read again for the check, so
+	// twice the longest component's estimate.
+	Estimate time.Duration `json:"estimate_ns"`
+	// Resume describes the state an earlier run left (nil without one).
+	Resume *ResumePlan `json:"resume,omitempty"`
+}
+
+// Blocked returns what blocks the move, each prefixed with its kind.
+func (r *PlanReport) Blocked() []string {
+	var b []string
+	for _, f := range r.Components {
+		for _, x := range f.Blockers {
+			b = append(b, f.Kind+": "+x)
+		}
+	}
+	return b
+}
+
+// ResumePlan is what an earlier run of the migration left.
+type ResumePlan struct {
+	State    string    `json:"state"` // where
+	Runs     int       `json:"runs"`
+	Started  time.Time `json:"started"`
+	Updated  time.Time `json:"updated"`
+	Complete bool      `json:"complete"`
+	// Components say, per kind, what the earlier runs finished.
+	Components map[string]string `json:"components"`
+}
+
 // Plan inspects every pair concurrently with its Plan function and returns
 // the findings in the order of the pairs. A pair without one is reported
 // as not inspected, which blocks nothing.
-func Plan(ctx context.Context, pairs []Pair) []Finding {
+func Plan(ctx context.Context, pairs []Pair, opts PlanOptions) *PlanReport {
 	findings := make([]Finding, len(pairs))
 	var wg sync.WaitGroup
 	for i, p := range pairs {
@@ -47,10 +125,67 @@ func Plan(ctx context.Context, pairs []Pair) []Finding {
 		}
 	}
 	wg.Wait()
-	for i, p := range pairs {
-		findings[i].Kind = p.Kind
+	rep := &PlanReport{Components: findings}
+	var state *State
+	if j := opts.Journal; j != nil && j.Resumed() {
+		st := j.State()
+		state = &st
+		rep.Resume = &ResumePlan{State: j.Where(), Runs: st.Runs, Started: st.Started, Updated: st.Updated,
+			Complete: st.Complete, Components: map[string]string{}}
 	}
-	return findings
+	var longest time.Duration
+	for i, p := range pairs {
+		f := &findings[i]
+		f.Kind = p.Kind
+		own := false
+		if state != nil {
+			cs := state.Components[p.Kind]
+			rep.Resume.Components[p.Kind] = describeState(cs, state.Complete)
+			own = cs != nil && cs.Writing
+		}
+		for _, o := range f.occupied {
+			if own {
+				f.note("%s: an earlier run of this migration wrote it: the run resumes", o)
+			} else {
+				f.Blockers = append(f.Blockers, o)
+			}
+		}
+		f.Throughput = Throughput[p.Kind]
+		if f.Throughput == 0 {
+			f.Throughput = DefaultThroughput
+		}
+		if f.Bytes > 0 {
+			f.Estimate = time.Duration(float64(f.Bytes) / (f.Throughput * (1 << 20)) * float64(time.Second)).Round(time.Second)
+			longest = max(longest, f.Estimate)
+		}
+	}
+	rep.Estimate = 2 * longest
+	return rep
+}
+
+// describeState says what the earlier runs finished of one component.
+func describeState(cs *ComponentState, complete bool) string {
+	switch {
+	case cs == nil:
+		return "not begun: moved in full"
+	case complete && cs.Moved:
+		return "moved and verified: checked quickly and skipped"
+	case cs.Differs:
+		return "moved, but the check found differences: moved again"
+	case cs.Moved:
+		return "moved: checked quickly and skipped"
+	case len(cs.Units) > 0:
+		units := slices.Sorted(maps.Keys(cs.Units))
+		var n int64
+		for _, u := range units {
+			n += cs.Units[u]
+		}
+		return fmt.Sprintf("%d parts finished (%s; %d items): checked quickly and skipped, the rest is moved (a part begun is removed and moved again)",
+			len(units), listNames(units, 5), n)
+	case cs.Writing:
+		return "begun, nothing finished: what the run wrote is replaced"
+	}
+	return "not begun: moved in full"
 }
 
 // Plan implements Pair.Plan: the size of the source as the Dumper sees it,
@@ -98,7 +233,16 @@ func (v Volume) Plan(ctx context.Context) Finding {
 	f.Items, f.Bytes = items, bytes
 
 	existing := v.Target
-	switch entries, err := os.ReadDir(v.Target); {
+	entries, err := os.ReadDir(v.Target)
+	var leftovers []string
+	entries = slices.DeleteFunc(entries, func(e fs.DirEntry) bool {
+		if isLeftover(e.Name()) {
+			leftovers = append(leftovers, e.Name())
+			return true
+		}
+		return false
+	})
+	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		existing = filepath.Dir(v.Target)
 		if fi, err := os.Stat(existing); err != nil || !fi.IsDir() {
@@ -110,9 +254,12 @@ func (v Volume) Plan(ctx context.Context) Finding {
 		f.block("target: %v", err)
 		return f
 	case len(entries) > 0 && !v.Force:
-		f.block("target %s is not empty: use --force to replace its content", v.Target)
+		f.occupy("target %s is not empty: use --force to replace its content", v.Target)
 	case len(entries) > 0:
 		f.note("target %s is not empty: its content will be replaced (--force)", v.Target)
+	}
+	if len(leftovers) > 0 {
+		f.note("target: %s left by an interrupted restore: removed by the run when the migration wrote the target, or with --force", listNames(leftovers, 5))
 	}
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(existing, &st); err != nil {
@@ -129,10 +276,12 @@ func (v Volume) Plan(ctx context.Context) Finding {
 }
 
 // Plan implements Pair.Plan: both servers answer, their versions, the
-// documents and bytes of the source databases, and target collections that
-// already hold documents (which block unless Drop).
-func (c Mongo) Plan(ctx context.Context) Finding {
-	f := Finding{Items: -1, Bytes: -1}
+// documents and bytes of the source databases, target collections that
+// already hold documents (which block unless Drop), and the target's
+// flavor with the compatibility table of the source's collections, views
+// and indexes (see planCompat).
+func (c Mongo) Plan(ctx context.Context) (f Finding) {
+	f = Finding{Items: -1, Bytes: -1}
 	src, err := mongosnap.Connect(ctx, c.Source, c.SourceTLSCAFile)
 	if err != nil {
 		f.block("source: %v", err)
@@ -150,6 +299,11 @@ func (c Mongo) Plan(ctx context.Context) Finding {
 	if src == nil {
 		return f
 	}
+	defer func() {
+		if dst != nil && len(f.Blockers) == 0 {
+			c.planCompat(ctx, &f, src, dst)
+		}
+	}()
 	dbs, err := c.databases(ctx, src)
 	if err != nil {
 		f.block("%v", err)
@@ -186,7 +340,7 @@ func (c Mongo) Plan(ctx context.Context) Finding {
 			case err != nil:
 				f.block("target %s.%s: count: %v", target, coll, err)
 			case has > 0:
-				f.block("target %s.%s already holds documents: use --drop to replace them", target, coll)
+				f.occupy("target %s.%s already holds documents: use --drop to replace them", target, coll)
 			}
 		}
 	}
@@ -207,4 +361,183 @@ func serverVersion(ctx context.Context, client *mongo.Client) string {
 		return fmt.Sprintf("FerretDB %s (MongoDB %s)", info.FerretDBVersion, info.Version)
 	}
 	return "MongoDB " + info.Version
+}
+
+// planCompat adds the compatibility table of the target's flavor (the
+// one set, else the detected one) for the source's collections, views and
+// indexes: what the restore keeps as is, adapts, skips or refuses (see
+// mongo.Compatibility). Refused items block the move; adapted and skipped
+// ones block it with Strict.
+func (c Mongo) planCompat(ctx context.Context, f *Finding, src, dst *mongo.Client) {
+	flavor, version, how := c.Flavor, "", "set"
+	detected, dversion, err := detectFlavor(ctx, dst, c.Target)
+	switch {
+	case err != nil && flavor == "":
+		f.block("target: cannot tell its flavor: %v (set it with --mongo-flavor)", err)
+		return
+	case err == nil && flavor == "":
+		flavor, version, how = detected, dversion, "detected"
+	case err == nil:
+		version = dversion
+		if detected != flavor {
+			f.note("warning: the target looks like %s, not the flavor set (%s)", detected, flavor)
+		}
+	}
+	f.note("target flavor: %s %s (%s)", flavor, version, how)
+	if flavor == mongosnap.FlavorDocumentDB {
+		f.note("target: retryWrites=false is added to the URI (DocumentDB refuses retryable writes)")
+	}
+	dbs, err := c.databases(ctx, src)
+	if err != nil {
+		f.block("%v", err)
+		return
+	}
+	var specs []mongosnap.CollectionSpec
+	for _, db := range dbs {
+		cur, err := src.Database(db).ListCollections(ctx, bson.D{})
+		if err != nil {
+			f.block("source: list collections of %s: %v", db, err)
+			return
+		}
+		var raws []bson.Raw
+		err = cur.All(ctx, &raws)
+		if err != nil {
+			f.block("source: list collections of %s: %v", db, err)
+			return
+		}
+		for _, raw := range raws {
+			name, _ := raw.Lookup("name").StringValueOK()
+			if name == "" || strings.HasPrefix(name, "system.") {
+				continue
+			}
+			spec := mongosnap.CollectionSpec{DB: c.targetDB(db), Name: name, Type: "collection"}
+			if t, ok := raw.Lookup("type").StringValueOK(); ok {
+				spec.Type = t
+			}
+			if o, ok := raw.Lookup("options").DocumentOK(); ok {
+				spec.Options = o
+			}
+			if spec.Type != "view" {
+				icur, err := src.Database(db).Collection(name).Indexes().List(ctx)
+				if err != nil {
+					f.block("source: list the indexes of %s.%s: %v", db, name, err)
+					return
+				}
+				if err := icur.All(ctx, &spec.Indexes); err != nil {
+					f.block("source: list the indexes of %s.%s: %v", db, name, err)
+					return
+				}
+			}
+			specs = append(specs, spec)
+		}
+	}
+	asIs := 0
+	for _, row := range mongosnap.Compatibility(flavor, version, specs) {
+		switch row.Verdict {
+		case mongosnap.AsIs:
+			asIs++
+			continue
+		case mongosnap.Refused:
+			f.block("compatibility: %s", row)
+		case mongosnap.Adapted, mongosnap.Skipped:
+			if c.Strict {
+				f.block("compatibility (--strict): %s", row)
+			}
+		}
+		f.Compat = append(f.Compat, row.String())
+	}
+	f.note("compatibility with %s: %d items (collections, options, indexes) as they are, %d adapted, skipped, refused or noted (see compat)", flavor, asIs, len(f.Compat))
+}
+
+// Host names of managed services, as snapshot/mongo recognises them
+// (after mongodb-js/mongodb-build-info): Atlas *.mongodb.net, DocumentDB
+// *.docdb.amazonaws.com and *.docdb-elastic.amazonaws.com.
+var (
+	atlasHost      = regexp.MustCompile(`(?i)\.mongodb(-dev|-qa|-stage)?\.net\.?$`)
+	documentDBHost = regexp.MustCompile(`(?i)docdb(-elastic)?\.amazonaws\.com(\.cn)?\.?$`)
+)
+
+// detectFlavor tells what the server behind client (reached with uri) is,
+// by the rules of mongo.Restorer, which does not export them: FerretDB by
+// buildInfo, DocumentDB and Atlas by the host names of the URI and of
+// hello, MongoDB otherwise. The version is buildInfo's (FerretDB's own for
+// FerretDB).
+func detectFlavor(ctx context.Context, client *mongo.Client, uri string) (mongosnap.Flavor, string, error) {
+	admin := client.Database("admin")
+	var hello, info bson.Raw
+	if err := admin.RunCommand(ctx, bson.D{{Key: "hello", Value: 1}}).Decode(&hello); err != nil {
+		return "", "", fmt.Errorf("hello: %w", err)
+	}
+	if err := admin.RunCommand(ctx, bson.D{{Key: "buildInfo", Value: 1}}).Decode(&info); err != nil {
+		return "", "", fmt.Errorf("buildInfo: %w", err)
+	}
+	version, _ := info.Lookup("version").StringValueOK()
+	for _, key := range []string{"ferretdbVersion", "ferretdb"} {
+		v := info.Lookup(key)
+		if v.Type == 0 {
+			continue
+		}
+		if s, ok := v.StringValueOK(); ok {
+			return mongosnap.FlavorFerretDB, s, nil
+		}
+		if d, ok := v.DocumentOK(); ok {
+			s, _ := d.Lookup("version").StringValueOK()
+			return mongosnap.FlavorFerretDB, s, nil
+		}
+		return mongosnap.FlavorFerretDB, "", nil
+	}
+	hosts := uriHosts(uri)
+	for _, key := range []string{"hosts", "passives", "arbiters"} {
+		if arr, ok := hello.Lookup(key).ArrayOK(); ok {
+			vals, _ := arr.Values()
+			for _, v := range vals {
+				if h, ok := v.StringValueOK(); ok {
+					hosts = append(hosts, hostName(h))
+				}
+			}
+		}
+	}
+	for _, key := range []string{"me", "primary"} {
+		if h, ok := hello.Lookup(key).StringValueOK(); ok {
+			hosts = append(hosts, hostName(h))
+		}
+	}
+	if slices.ContainsFunc(hosts, documentDBHost.MatchString) {
+		return mongosnap.FlavorDocumentDB, version, nil
+	}
+	if slices.ContainsFunc(hosts, atlasHost.MatchString) {
+		return mongosnap.FlavorAtlas, version, nil
+	}
+	return mongosnap.FlavorMongoDB, version, nil
+}
+
+// uriHosts returns the host names of a connection string, without ports.
+func uriHosts(uri string) []string {
+	_, rest, ok := strings.Cut(uri, "://")
+	if !ok {
+		return nil
+	}
+	if i := strings.IndexAny(rest, "/?"); i >= 0 {
+		rest = rest[:i]
+	}
+	if at := strings.LastIndexByte(rest, '@'); at >= 0 {
+		rest = rest[at+1:]
+	}
+	var out []string
+	for _, h := range strings.Split(rest, ",") {
+		if h != "" {
+			out = append(out, hostName(h))
+		}
+	}
+	return out
+}
+
+// hostName strips the port (and IPv6 brackets) from host:port.
+func hostName(host string) string {
+	if strings.HasPrefix(host, "[") {
+		h, _, _ := strings.Cut(host[1:], "]")
+		return h
+	}
+	h, _, _ := strings.Cut(host, ":")
+	return h
 }

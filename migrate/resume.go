@@ -31,6 +31,10 @@ type resumption struct {
 	// units are the parts left out of the move.
 	units []string
 	notes []string
+	// own: the target is the migration's from this run on (it was empty,
+	// or the operator asked to replace its content), recorded as
+	// ComponentState.Writing before anything is moved.
+	own bool
 }
 
 func (r *resumption) note(format string, args ...any) {
@@ -50,8 +54,8 @@ func prepare(ctx context.Context, p Pair, j *Journal, tee bool) (Pair, resumptio
 	cs := j.component(p.Kind)
 	switch r := p.Restorer.(type) {
 	case *volume.Restorer:
-		if d, ok := p.Dumper.(*volume.Dumper); ok && j.Resumed() {
-			return prepareVolume(ctx, p, d, r, cs)
+		if d, ok := p.Dumper.(*volume.Dumper); ok {
+			return prepareVolume(ctx, p, d, r, cs, j.Resumed())
 		}
 	case *postgres.Restorer:
 		if d, ok := p.Dumper.(*postgres.Dumper); ok && j.Resumed() {
@@ -75,13 +79,17 @@ func prepare(ctx context.Context, p Pair, j *Journal, tee bool) (Pair, resumptio
 
 // prepareVolume skips a volume whose target matches the source by names,
 // types and sizes (the move is atomic: the target holds the whole tree or
-// what it held before), after removing the staging folder an interrupted
-// run may have left in the target. A target the migration wrote that no
-// longer matches is replaced (Force).
-func prepareVolume(ctx context.Context, p Pair, d *volume.Dumper, r *volume.Restorer, cs ComponentState) (Pair, resumption, error) {
+// what it held before), after removing what an interrupted run may have
+// left in the target: its staging folder, and the folder a replace
+// (Force) moves the old content into, when the target is the migration's
+// or is replaced anyway. A target the migration wrote that no longer
+// matches is replaced (Force). A target that is missing or empty (or
+// replaced with Force) is the migration's from this run on.
+func prepareVolume(ctx context.Context, p Pair, d *volume.Dumper, r *volume.Restorer, cs ComponentState, resumed bool) (Pair, resumption, error) {
 	var res resumption
 	entries, err := os.ReadDir(r.Dir)
 	if errors.Is(err, fs.ErrNotExist) {
+		res.own = true
 		return p, res, nil
 	}
 	if err != nil {
@@ -89,15 +97,28 @@ func prepareVolume(ctx context.Context, p Pair, d *volume.Dumper, r *volume.Rest
 	}
 	n := 0
 	for _, e := range entries {
-		if !strings.HasPrefix(e.Name(), stagingPrefix) {
+		name := e.Name()
+		switch {
+		case !isLeftover(name):
 			n++
 			continue
+		case !resumed && !r.Force:
+			n++ // not this migration's: the restore refuses the target
+			continue
+		case strings.HasPrefix(name, trashPrefix) && !cs.Writing && !r.Force:
+			n++ // the old content of a replace the migration did not ask for
+			continue
 		}
-		if err := os.RemoveAll(filepath.Join(r.Dir, e.Name())); err != nil {
-			return p, res, fmt.Errorf("volume: remove the staging folder of the interrupted run: %w", err)
+		if err := removeAll(filepath.Join(r.Dir, name)); err != nil {
+			return p, res, fmt.Errorf("volume: remove %s, left by an interrupted run: %w", name, err)
 		}
-		res.note("removed %s, the staging folder of the interrupted run", e.Name())
+		if strings.HasPrefix(name, trashPrefix) {
+			res.note("removed %s, the replaced content the interrupted run had not removed yet", name)
+		} else {
+			res.note("removed %s, the staging folder of the interrupted run", name)
+		}
 	}
+	res.own = n == 0 || r.Force || cs.Writing
 	force := func(format string, args ...any) {
 		res.note(format, args...)
 		rr := *r
@@ -105,7 +126,7 @@ func prepareVolume(ctx context.Context, p Pair, d *volume.Dumper, r *volume.Rest
 		p.Restorer = &rr
 	}
 	switch {
-	case n == 0:
+	case n == 0 || !resumed:
 		return p, res, nil
 	case cs.Differs && cs.Writing:
 		force("the earlier run's check found the target different from the source: moving it again, replacing the target's content")
@@ -128,9 +149,36 @@ func prepareVolume(ctx context.Context, p Pair, d *volume.Dumper, r *volume.Rest
 	return p, res, nil
 }
 
-// stagingPrefix starts the names of the staging folders volume.Restorer
-// makes inside its target.
-const stagingPrefix = ".stackport-restore-"
+// removeAll removes path; read-only directories in it (as restored from an
+// archive) are made writable first when that is what stops it.
+func removeAll(path string) error {
+	err := os.RemoveAll(path)
+	if !errors.Is(err, fs.ErrPermission) {
+		return err
+	}
+	filepath.WalkDir(path, func(p string, de fs.DirEntry, err error) error {
+		if err == nil && de.IsDir() {
+			os.Chmod(p, 0o700)
+		}
+		return nil
+	})
+	return os.RemoveAll(path)
+}
+
+// stagingPrefix and trashPrefix start the names of the folders
+// volume.Restorer makes inside its target: the staging folder the archive
+// is unpacked into, and the folder a replace (Force) moves the old content
+// into before removing it.
+const (
+	stagingPrefix = ".stackport-restore-"
+	trashPrefix   = ".stackport-trash-"
+)
+
+// isLeftover reports whether name, at the top of a volume target, is a
+// folder volume.Restorer makes and removes (left by an interrupted one).
+func isLeftover(name string) bool {
+	return strings.HasPrefix(name, stagingPrefix) || strings.HasPrefix(name, trashPrefix)
+}
 
 // quickTree is what Volume.quick found.
 type quickTree struct {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -18,7 +20,7 @@ import (
 
 	"github.com/stackport/stackport/migrate"
 	"github.com/stackport/stackport/snapshot"
-	"github.com/stackport/stackport/snapshot/postgres"
+	"github.com/stackport/stackport/snapshot/mongo"
 	"github.com/stackport/stackport/storage"
 )
 
@@ -79,17 +81,32 @@ into the snapshot, but not written to the target.
 Then every target is compared with its source: the volume entry by entry
 (content SHA-256, mode, mtime, symlink targets), MongoDB collection by
 collection and PostgreSQL table by table (counts and digests of the raw
-documents and rows). Redis is not compared yet. Stop the application's
-writers first: changes made during the run show up as differences.
+documents and rows), Redis key by key (type and value by DUMP, expiry
+within a second, key counts per database, keys only in the target named).
+Stop the application's writers first: changes made during the run show up
+as differences.
+
+--plan inspects the sources and targets and writes nothing: sizes and
+counts, server versions, the MongoDB target's flavor and its compatibility
+table (what DocumentDB, Atlas or FerretDB keep, adapt, skip or refuse), the
+Memorystore-like Redis target (commands it blocks, databases, maxmemory,
+whether it loads the source's payloads), the Cloud SQL-like PostgreSQL
+target (superuser or not, extensions, privileges, version), the free space
+of the volume target, a conservative estimate of the time, and the state an
+earlier run left (what it finished, that the run resumes). It exits 0 only
+when nothing blocks the move.
 
 --profile appsmith --stack DIR reads DIR/configuration/docker.env (the
 process environment wins, as in Appsmith) and fills in the sources of the
 targets given: the volume is DIR without data/mongodb, data/redis,
-data/postgres, logs and data/backup; the databases are APPSMITH_DB_URL and
-APPSMITH_REDIS_URL. After a verified move --env-out FILE writes the stateless
-container's environment (APPSMITH_DB_URL with the database name,
-APPSMITH_REDIS_URL, APPSMITH_ENABLE_EMBEDDED_DB=0, the encryption password
-and salt unchanged), readable by its owner only.
+data/postgres, logs and data/backup; the databases are APPSMITH_DB_URL,
+APPSMITH_REDIS_URL and the PostgreSQL of Keycloak and Temporal
+(APPSMITH_DB_URL when it is postgresql://, else APPSMITH_KEYCLOAK_DB_URL,
+else the embedded one). After a verified move --env-out FILE writes the
+stateless container's environment (APPSMITH_DB_URL with the database name,
+APPSMITH_REDIS_URL, APPSMITH_KEYCLOAK_DB_URL and the APPSMITH_TEMPORAL_*
+variables when the stack has them, APPSMITH_ENABLE_EMBEDDED_DB=0, the
+encryption password and salt unchanged), readable by its owner only.
 
 A report (component, items, bytes, time, result) is printed on stderr, or
 with --json as one JSON object on stdout. Exits 0 when every component moved
@@ -139,44 +156,160 @@ func (opts *migrateOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&opts.EnvOut, "env-out", "", "after a verified move, write the migrated container's environment to this file (mode 0600: it holds secrets)")
 }
 
+// profileOptions are --profile and --stack of snapshot and restore (and,
+// as fields of their own, of migrate).
+type profileOptions struct {
+	Profile string // "appsmith" or ""
+	Stack   string // the Appsmith stack folder
+}
+
+func (p *profileOptions) addFlags(f *pflag.FlagSet, stackUsage string) {
+	f.StringVar(&p.Profile, "profile", "", "the application's layout: appsmith (with --stack)")
+	f.StringVar(&p.Stack, "stack", "", stackUsage)
+}
+
+// loadProfile reads the Appsmith stack of --profile appsmith --stack DIR
+// for command, and warns when it lacks the encryption values (what, of the
+// command's result, could not decrypt its data). It returns nil without a
+// profile.
+func loadProfile(command string, p profileOptions, what string, log *slog.Logger) (*migrate.Appsmith, error) {
+	switch p.Profile {
+	case "":
+		if p.Stack != "" {
+			return nil, usageErrorf("%s: --stack needs --profile appsmith", command)
+		}
+		return nil, nil
+	case "appsmith":
+	default:
+		return nil, usageErrorf("%s: unknown profile %q (known: appsmith)", command, p.Profile)
+	}
+	if p.Stack == "" {
+		return nil, usageErrorf("%s: --profile appsmith needs --stack DIR, the Appsmith stack folder (e.g. /appsmith-stacks)", command)
+	}
+	app, err := migrate.LoadAppsmith(p.Stack, os.Environ())
+	if err != nil {
+		return nil, usageError{fmt.Errorf("%s: %w", command, err)}
+	}
+	warnSecrets(app, what, log)
+	return app, nil
+}
+
+// warnSecrets warns loudly when the stack lacks the encryption values.
+func warnSecrets(app *migrate.Appsmith, what string, log *slog.Logger) {
+	if missing := app.MissingSecrets(); len(missing) > 0 {
+		log.Warn("the Appsmith stack does not set " + strings.Join(missing, " and ") +
+			": " + what + " could not decrypt the data encrypted with them (datasource credentials, git keys)")
+	}
+}
+
+// applySnapshotProfile fills the sources of snapshot from --profile
+// appsmith --stack DIR: the volume is the stack folder without the raw
+// database files, logs and backups; the databases are those of the
+// stack's environment. Sources given by flags win.
+func (p profileOptions) applySnapshotProfile(opts *snapshotOptions, log *slog.Logger) error {
+	app, err := loadProfile("snapshot", p, "an instance restored from the snapshot", log)
+	if app == nil {
+		return err
+	}
+	if opts.Volume != "" && opts.Volume != p.Stack {
+		return usageErrorf("snapshot: --volume %s and --stack %s name two volumes: give one", opts.Volume, p.Stack)
+	}
+	opts.Volume = p.Stack
+	opts.Exclude = append(opts.Exclude, migrate.AppsmithExcludes...)
+	pgURL, pgWhat := app.PostgresSource()
+	for _, src := range []struct {
+		flag       *string
+		from, what string
+	}{
+		{&opts.Mongo, app.MongoURI(), "APPSMITH_DB_URL"},
+		{&opts.Redis, app.RedisURL(), "APPSMITH_REDIS_URL"},
+		{&opts.Postgres, pgURL, pgWhat},
+	} {
+		if *src.flag == "" && src.from != "" {
+			*src.flag = src.from
+			log.Info("appsmith profile: source from "+src.what, "source", withoutSecrets(src.from))
+		}
+	}
+	return nil
+}
+
+// applyRestoreProfile makes the stack folder of --profile appsmith
+// --stack DIR the volume target of restore. The stack need not exist (a
+// new machine); an existing one with embedded databases' files is not
+// replaced (--force would remove them: the snapshot does not hold them).
+func (p profileOptions) applyRestoreProfile(opts *restoreOptions) error {
+	switch {
+	case p.Profile == "" && p.Stack != "":
+		return usageErrorf("restore: --stack needs --profile appsmith")
+	case p.Profile == "":
+		return nil
+	case p.Profile != "appsmith":
+		return usageErrorf("restore: unknown profile %q (known: appsmith)", p.Profile)
+	case p.Stack == "":
+		return usageErrorf("restore: --profile appsmith needs --stack DIR, the Appsmith stack folder to restore into (e.g. /appsmith-stacks)")
+	case opts.VolumeTo != "" && filepath.Clean(opts.VolumeTo) != filepath.Clean(p.Stack):
+		return usageErrorf("restore: --volume-to %s and --stack %s name two targets: give one", opts.VolumeTo, p.Stack)
+	}
+	opts.VolumeTo = p.Stack
+	if opts.Force {
+		var held []string
+		for _, dir := range migrate.AppsmithExcludes {
+			if entries, err := os.ReadDir(filepath.Join(p.Stack, dir)); err == nil && len(entries) > 0 && strings.HasPrefix(dir, "data/") && dir != "data/backup" {
+				held = append(held, dir)
+			}
+		}
+		if len(held) > 0 {
+			return usageErrorf("restore: --force would remove %s of the stack %s, the embedded databases' files, which a snapshot does not hold: "+
+				"restore into an empty folder (or move the stack away first) and the databases with --mongo-to, --redis-to, --postgres-to", strings.Join(held, ", "), p.Stack)
+		}
+	}
+	return nil
+}
+
+// checkRestoredProfile reads the environment of the restored stack and
+// warns when it lacks docker.env or the encryption values.
+func (p profileOptions) checkRestoredProfile(log *slog.Logger) {
+	if p.Profile != "appsmith" {
+		return
+	}
+	app, err := migrate.LoadAppsmith(p.Stack, os.Environ())
+	if err != nil {
+		log.Warn("the restored stack is not a complete Appsmith stack: Appsmith would start without its configuration", "error", err)
+		return
+	}
+	warnSecrets(app, "the restored instance", log)
+}
+
 // applyProfile reads the Appsmith stack of --profile appsmith --stack DIR
 // and fills the sources the flags leave out, for the targets they name: the
 // volume is the stack folder without the raw database files, logs and
 // backups, the databases are those of the stack's environment. It returns
 // nil without a profile.
 func (opts *migrateOptions) applyProfile(log *slog.Logger) (*migrate.Appsmith, error) {
-	switch opts.Profile {
-	case "":
-		if opts.Stack != "" || opts.EnvOut != "" {
-			return nil, usageErrorf("migrate: --stack and --env-out need --profile appsmith")
-		}
-		return nil, nil
-	case "appsmith":
-	default:
-		return nil, usageErrorf("migrate: unknown profile %q (known: appsmith)", opts.Profile)
+	if opts.Profile == "" && opts.EnvOut != "" {
+		return nil, usageErrorf("migrate: --env-out needs --profile appsmith")
 	}
-	if opts.Stack == "" {
-		return nil, usageErrorf("migrate: --profile appsmith needs --stack DIR, the Appsmith stack folder (e.g. /appsmith-stacks)")
-	}
-	app, err := migrate.LoadAppsmith(opts.Stack, os.Environ())
-	if err != nil {
-		return nil, usageError{fmt.Errorf("migrate: %w", err)}
-	}
-	if missing := app.MissingSecrets(); len(missing) > 0 {
-		log.Warn("the Appsmith stack does not set " + strings.Join(missing, " and ") +
-			": the migrated instance could not decrypt the data encrypted with them (datasource credentials, git keys)")
+	app, err := loadProfile("migrate", profileOptions{opts.Profile, opts.Stack}, "the migrated instance", log)
+	if app == nil {
+		return nil, err
 	}
 	s, t := &opts.Source, opts.Target
 	if t.VolumeTo != "" && s.Volume == "" {
 		s.Volume = opts.Stack
 		s.Exclude = append(s.Exclude, migrate.AppsmithExcludes...)
 	}
+	pgURL, pgWhat := app.PostgresSource()
 	for _, src := range []struct {
-		flag     *string
-		to, from string
-	}{{&s.Mongo, t.MongoTo, app.MongoURI()}, {&s.Redis, t.RedisTo, app.RedisURL()}, {&s.Postgres, t.PostgresTo, app.PostgresURL()}} {
-		if src.to != "" && *src.flag == "" {
+		flag           *string
+		to, from, what string
+	}{
+		{&s.Mongo, t.MongoTo, app.MongoURI(), "APPSMITH_DB_URL"},
+		{&s.Redis, t.RedisTo, app.RedisURL(), "APPSMITH_REDIS_URL"},
+		{&s.Postgres, t.PostgresTo, pgURL, pgWhat},
+	} {
+		if src.to != "" && *src.flag == "" && src.from != "" {
 			*src.flag = src.from
+			log.Info("appsmith profile: source from "+src.what, "source", withoutSecrets(src.from))
 		}
 	}
 	return app, nil
@@ -186,7 +319,7 @@ func (opts *migrateOptions) applyProfile(log *slog.Logger) (*migrate.Appsmith, e
 func (opts migrateOptions) writeEnv(app *migrate.Appsmith, log *slog.Logger) error {
 	t := opts.Target
 	lines, err := app.TargetEnv(migrate.AppsmithTargets{MongoURI: t.MongoTo, MongoNSFrom: t.MongoNSFrom, MongoNSTo: t.MongoNSTo,
-		RedisURL: t.RedisTo, PostgresURL: t.PostgresTo})
+		RedisURL: t.RedisTo, PostgresURL: t.PostgresTo, PostgresFrom: opts.Source.Postgres})
 	if err == nil {
 		header := fmt.Sprintf("The environment of the migrated Appsmith, by stackport migrate on %s.\n"+
 			"It holds secrets (the encryption password and salt, database credentials): keep it private.", time.Now().UTC().Format(time.RFC3339))
@@ -220,7 +353,10 @@ func (opts migrateOptions) pairs(log *slog.Logger) ([]migrate.Pair, error) {
 		if i < 0 {
 			return nil, usageErrorf("migrate: the %s source has no target: give --%s-to", s.kind, s.kind)
 		}
-		check, plan := opts.inspect(s.kind)
+		check, plan, err := opts.inspect(s.kind, log)
+		if err != nil {
+			return nil, err
+		}
 		pairs = append(pairs, migrate.Pair{Kind: s.kind, Dumper: s.impl, Restorer: targets[i].impl, Check: check, Plan: plan})
 	}
 	for _, t := range targets {
@@ -260,32 +396,36 @@ func (opts migrateOptions) checkDistinct() error {
 
 // inspect returns how to compare the target of kind with its source after
 // the move and how to inspect both before it, nil for what this build does
-// not know (redis: its Checker compares a target with a snapshot's
-// streams, not with a live source).
-func (opts migrateOptions) inspect(kind string) (check func(context.Context) error, plan func(context.Context) migrate.Finding) {
+// not know.
+func (opts migrateOptions) inspect(kind string, log *slog.Logger) (check func(context.Context) error, plan func(context.Context) migrate.Finding, err error) {
 	s, t := opts.Source, opts.Target
 	switch kind {
 	case "volume":
 		v := migrate.Volume{Source: s.Volume, Target: t.VolumeTo, Exclude: s.Exclude, SkipUnreadable: s.SkipUnreadable, Force: t.Force}
-		return v.Check, v.Plan
+		return v.Check, v.Plan, nil
 	case "mongo":
+		flavor, err := mongo.ParseFlavor(t.MongoFlavor)
+		if err != nil {
+			return nil, nil, usageError{fmt.Errorf("--mongo-flavor: %w", err)}
+		}
 		m := migrate.Mongo{Source: s.Mongo, Target: t.MongoTo, SourceTLSCAFile: s.MongoTLSCAFile, TargetTLSCAFile: t.MongoTLSCAFile,
-			DBs: s.MongoDBs, NSFrom: t.MongoNSFrom, NSTo: t.MongoNSTo, Parallel: s.MongoParallel, Drop: t.Drop}
-		return m.Check, m.Plan
+			DBs: s.MongoDBs, NSFrom: t.MongoNSFrom, NSTo: t.MongoNSTo, Parallel: s.MongoParallel, Drop: t.Drop,
+			Flavor: flavor, Strict: t.Strict}
+		return m.Check, m.Plan, nil
+	case "redis":
+		dbMap, err := parseDBMap(t.RedisDBMap)
+		if err != nil {
+			return nil, nil, err
+		}
+		r := migrate.Redis{Source: s.Redis, Target: t.RedisTo, SourceTLSCAFile: s.RedisTLSCAFile, TargetTLSCAFile: t.RedisTLSCAFile,
+			DBMap: dbMap, Replace: t.RedisReplace, Flush: t.RedisFlush, Log: log}
+		return r.Check, r.Plan, nil
 	case "postgres":
-		return func(ctx context.Context) error {
-			want, err := postgres.Digest(ctx, s.Postgres, s.PostgresSchemas)
-			if err != nil {
-				return fmt.Errorf("source: %w", err)
-			}
-			got, err := postgres.Digest(ctx, t.PostgresTo, s.PostgresSchemas)
-			if err != nil {
-				return fmt.Errorf("target: %w", err)
-			}
-			return postgres.Compare(want, got)
-		}, nil
+		p := migrate.Postgres{Source: s.Postgres, Target: t.PostgresTo, Schemas: s.PostgresSchemas,
+			KeepOwners: t.PostgresKeepOwners, Clean: t.PostgresClean, PgDump: s.PgDump}
+		return p.Check, p.Plan, nil
 	}
-	return nil, nil
+	return nil, nil, nil
 }
 
 // userPassword and secretParam match the passwords of connection URLs
@@ -334,30 +474,40 @@ func (opts migrateOptions) key() (key, about string) {
 	return migrate.Key(parts...), strings.Join(desc, "; ")
 }
 
-// journal opens the state of the migration: in --state FILE, else in the
-// repository, else next to the volume target, else in the user's cache
-// folder.
-func (opts migrateOptions) journal(ctx context.Context, repo *storage.Repo, log *slog.Logger) (*migrate.Journal, error) {
-	key, about := opts.key()
-	var store migrate.StateStore
+// stateStore returns where the state of the migration is kept: in
+// --state FILE, else in the repository, else next to the volume target,
+// else in the user's cache folder (dir, to be created before a run
+// writes it).
+func (opts migrateOptions) stateStore(repo *storage.Repo) (store migrate.StateStore, dir string, err error) {
+	key, _ := opts.key()
 	switch {
 	case opts.State != "":
-		store = migrate.FileStore(opts.State)
+		return migrate.FileStore(opts.State), "", nil
 	case repo != nil:
-		store = migrate.BucketStore{Bucket: repo.Bucket(), Key: migrate.StateObject(key), Name: repo.Name()}
+		return migrate.BucketStore{Bucket: repo.Bucket(), Key: migrate.StateObject(key), Name: repo.Name()}, "", nil
 	case opts.Target.VolumeTo != "":
 		dir, base := filepath.Split(filepath.Clean(opts.Target.VolumeTo))
-		store = migrate.FileStore(filepath.Join(dir, "."+base+".stackport-migrate-"+key+".json"))
-	default:
-		cache, err := os.UserCacheDir()
-		if err != nil {
-			return nil, fmt.Errorf("migrate: no place for the state that lets the migration resume (give --state FILE): %w", err)
-		}
-		dir := filepath.Join(cache, "stackport")
+		return migrate.FileStore(filepath.Join(dir, "."+base+".stackport-migrate-"+key+".json")), "", nil
+	}
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		return nil, "", fmt.Errorf("migrate: no place for the state that lets the migration resume (give --state FILE): %w", err)
+	}
+	dir = filepath.Join(cache, "stackport")
+	return migrate.FileStore(filepath.Join(dir, "migrate-"+key+".json")), dir, nil
+}
+
+// journal opens the state of the migration (see stateStore).
+func (opts migrateOptions) journal(ctx context.Context, repo *storage.Repo, log *slog.Logger) (*migrate.Journal, error) {
+	key, about := opts.key()
+	store, dir, err := opts.stateStore(repo)
+	if err != nil {
+		return nil, err
+	}
+	if dir != "" {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("migrate: state: %w (give --state FILE)", err)
 		}
-		store = migrate.FileStore(filepath.Join(dir, "migrate-"+key+".json"))
 	}
 	j, err := migrate.OpenJournal(ctx, store, key, about, log)
 	if err != nil {
@@ -368,6 +518,56 @@ func (opts migrateOptions) journal(ctx context.Context, repo *storage.Repo, log 
 		log.Info("resuming the migration: an earlier run left its state", "state", j.Where(), "runs", st.Runs, "complete", st.Complete)
 	}
 	return j, nil
+}
+
+// plan runs migrate --plan: it inspects the pairs, the repository and the
+// state an earlier run left, writing nothing.
+func (opts migrateOptions) plan(ctx context.Context, g *globalOptions, pairs []migrate.Pair, log *slog.Logger) error {
+	var repoNotes, repoBlockers []string
+	var repo *storage.Repo
+	if g.Repo != "" {
+		var err error
+		if dir, ok := missingFileRepo(g.Repo); ok {
+			repoNotes = append(repoNotes, fmt.Sprintf("repository %s does not exist yet: the run creates it", dir))
+		} else if repo, err = openRepo(ctx, g, false); err != nil {
+			repoBlockers = append(repoBlockers, err.Error())
+		} else {
+			defer repo.Close()
+			repoNotes = append(repoNotes, "repository "+repo.Name()+": reachable; the run keeps a snapshot of what it moves there")
+		}
+	}
+	var popts migrate.PlanOptions
+	var stateBlockers []string
+	if repo != nil || g.Repo == "" {
+		key, about := opts.key()
+		store, _, err := opts.stateStore(repo)
+		if err == nil {
+			popts.Journal, err = migrate.OpenJournal(ctx, store, key, about, log)
+		}
+		if err != nil {
+			stateBlockers = append(stateBlockers, err.Error())
+		}
+	}
+	rep := migrate.Plan(ctx, pairs, popts)
+	return printPlan(g, rep, planExtra{"repository", repoNotes, repoBlockers}, planExtra{"state", nil, stateBlockers})
+}
+
+// planExtra is what the plan found out about something else than a
+// component: the repository, the state.
+type planExtra struct {
+	what            string
+	notes, blockers []string
+}
+
+// missingFileRepo returns the directory of a file:// repository URL that
+// does not exist (which a run creates).
+func missingFileRepo(rawURL string) (string, bool) {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Scheme != "file" || u.Path == "" {
+		return "", false
+	}
+	_, err = os.Stat(u.Path)
+	return u.Path, errors.Is(err, fs.ErrNotExist)
 }
 
 // tee starts the snapshot that keeps a copy of the run in the --repo
@@ -457,7 +657,7 @@ func runMigrate(ctx context.Context, g *globalOptions, opts migrateOptions) erro
 		return err
 	}
 	if opts.Plan {
-		return printPlan(g, migrate.Plan(ctx, pairs))
+		return opts.plan(ctx, g, pairs, log)
 	}
 	tee, repo, err := opts.tee(ctx, g, start)
 	if err != nil {
@@ -545,51 +745,114 @@ func printMigrateReport(g *globalOptions, rep *migrate.Report, state, envFile st
 type planResult struct {
 	OK         bool              `json:"ok"`
 	Components []migrate.Finding `json:"components"`
+	// Seconds estimates the run: the components move concurrently, then
+	// every target is read again for the check.
+	Seconds float64 `json:"estimate_seconds"`
+	// Notes are about the repository.
+	Notes    []string            `json:"notes,omitempty"`
+	Resume   *migrate.ResumePlan `json:"resume,omitempty"`
+	Blockers []string            `json:"blockers"` // of every component ("kind: …"), the repository and the state
+
 }
 
-// printPlan prints the findings on stdout (a table, then every note and
-// blocker) and fails when something blocks the move.
-func printPlan(g *globalOptions, findings []migrate.Finding) error {
-	var blockers []string
-	for _, f := range findings {
-		for _, b := range f.Blockers {
-			blockers = append(blockers, f.Kind+": "+b)
+// printPlan prints the plan on stdout (a table, then every note,
+// compatibility row and blocker, the estimate and the resume state) and
+// fails when something blocks the move.
+func printPlan(g *globalOptions, rep *migrate.PlanReport, extras ...planExtra) error {
+	blockers := rep.Blocked()
+	var others []string
+	for _, x := range extras {
+		for _, n := range x.notes {
+			others = append(others, x.what+": "+n)
+		}
+		for _, b := range x.blockers {
+			blockers = append(blockers, x.what+": "+b)
 		}
 	}
 	if g.JSON {
-		if err := printJSON(g, planResult{OK: len(blockers) == 0, Components: findings}); err != nil {
+		res := planResult{OK: len(blockers) == 0, Components: rep.Components, Seconds: rep.Estimate.Seconds(),
+			Notes: others, Resume: rep.Resume, Blockers: blockers}
+		if res.Blockers == nil {
+			res.Blockers = []string{}
+		}
+		if err := printJSON(g, res); err != nil {
 			return err
 		}
 	} else {
 		tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "COMPONENT\tITEMS\tBYTES\tSTATUS")
-		for _, f := range findings {
-			items, bytes, status := "?", "?", "ready"
+		fmt.Fprintln(tw, "COMPONENT\tITEMS\tBYTES\tESTIMATE\tSTATUS")
+		for _, f := range rep.Components {
+			items, bytes, estimate, status := "?", "?", "?", "ready"
 			if f.Items >= 0 {
 				items = fmt.Sprint(f.Items)
 			}
 			if f.Bytes >= 0 {
 				bytes = humanBytes(f.Bytes)
+				estimate = roundEstimate(f.Estimate)
 			}
 			if len(f.Blockers) > 0 {
 				status = "BLOCKED"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", f.Kind, items, bytes, status)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", f.Kind, items, bytes, estimate, status)
 		}
 		if err := tw.Flush(); err != nil {
 			return err
 		}
-		for _, f := range findings {
+		w := g.stdout
+		for _, f := range rep.Components {
 			for _, n := range f.Notes {
-				fmt.Fprintf(g.stdout, "%s: %s\n", f.Kind, n)
+				fmt.Fprintf(w, "%s: %s\n", f.Kind, n)
+			}
+			for _, c := range f.Compat {
+				fmt.Fprintf(w, "%s: compat: %s\n", f.Kind, c)
+			}
+			if f.Bytes >= 0 {
+				fmt.Fprintf(w, "%s: estimate %s at %g MiB/s\n", f.Kind, roundEstimate(f.Estimate), f.Throughput)
 			}
 			for _, b := range f.Blockers {
-				fmt.Fprintf(g.stdout, "%s: BLOCKS: %s\n", f.Kind, b)
+				fmt.Fprintf(w, "%s: BLOCKS: %s\n", f.Kind, b)
 			}
+		}
+		for _, x := range extras {
+			for _, n := range x.notes {
+				fmt.Fprintf(w, "%s: %s\n", x.what, n)
+			}
+			for _, b := range x.blockers {
+				fmt.Fprintf(w, "%s: BLOCKS: %s\n", x.what, b)
+			}
+		}
+		fmt.Fprintf(w, "estimate: about %s for the run (a conservative estimate at the rates above: the components move concurrently, then every target is read again to check it); the application's writers stay stopped that long\n",
+			roundEstimate(rep.Estimate))
+		if r := rep.Resume; r != nil {
+			state := "interrupted or failed"
+			if r.Complete {
+				state = "complete: the run moves nothing and only verifies"
+			}
+			fmt.Fprintf(w, "resume: state %s found (%d runs, the last at %s, %s); the run resumes:\n", r.State, r.Runs, r.Updated.Format(time.RFC3339), state)
+			for _, f := range rep.Components {
+				if d, ok := r.Components[f.Kind]; ok {
+					fmt.Fprintf(w, "resume: %s: %s\n", f.Kind, d)
+				}
+			}
+		}
+		if len(blockers) == 0 {
+			fmt.Fprintln(w, "nothing blocks the migration")
 		}
 	}
 	if len(blockers) > 0 {
 		return fmt.Errorf("migrate: plan: %d problem(s) block the migration: %s", len(blockers), strings.Join(blockers, "; "))
 	}
 	return nil
+}
+
+// roundEstimate formats an estimate: under a minute in seconds, else to
+// the minute.
+func roundEstimate(d time.Duration) string {
+	switch {
+	case d < time.Second:
+		return "<1s"
+	case d < time.Minute:
+		return d.Round(time.Second).String()
+	}
+	return strings.TrimSuffix(d.Round(time.Minute).String(), "0s")
 }

@@ -381,7 +381,7 @@ func TestMigrateRedisAndPostgres(t *testing.T) {
 	if err != nil {
 		t.Fatalf("migrate: %v\n%s", err, e.stderr.String())
 	}
-	if len(res.Components) != 2 || res.Components[0].Result != "moved" || res.Components[1].Result != "verified" ||
+	if len(res.Components) != 2 || res.Components[0].Result != "verified" || res.Components[1].Result != "verified" ||
 		res.Components[0].Items != 501 || res.Components[1].Items != 6000 {
 		t.Fatalf("result: %+v", res)
 	}

@@ -8,7 +8,10 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"maps"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -26,9 +29,10 @@ const maxLoggedDiffs = 20
 const ttlTolerance = time.Second
 
 // Checker compares a target server with the snapshot, reading it with
-// pipelined DUMP and PTTL and with DBSIZE only (commands Memorystore
-// allows). Per key it checks that the key exists, that its type and value
-// match and that its expiry is within a second of the snapshot's; per
+// pipelined DUMP and PTTL and with DBSIZE only, plus SCAN with NameExtra
+// (commands Memorystore allows). Per key it checks that the key exists,
+// that its type and value match and that its expiry is within a second
+// of the snapshot's; per
 // target database that it holds as many keys as the snapshot. Keys that
 // have expired are skipped.
 //
@@ -43,11 +47,25 @@ const ttlTolerance = time.Second
 // Differences are logged (the first 20) and counted; if there are any,
 // Restore returns an error wrapping ErrDiffers. Stats: those of Verifier
 // plus "matched", "differences", "unverified" and "skipped_expired".
+//
+// The streams need not come from a snapshot: a Dumper of a live server
+// connected through a snapshot.Pipe makes the Checker compare two servers
+// (Reference "the source").
 type Checker struct {
 	URL       string // redis://[user:password@]host:port or rediss://…
 	TLSCAFile string // PEM CA certificates for rediss:// (default: system roots)
 	DBMap     map[int]int
 	Log       *slog.Logger // differences (nil = slog.Default())
+	// Reference names where the streams come from in the messages:
+	// "the snapshot" when empty.
+	Reference string
+	// NameExtra: when a target database holds more keys than the streams,
+	// scan it (SCAN) and report the keys the streams do not hold by name,
+	// instead of the counts alone. It costs a hash of every key name read.
+	NameExtra bool
+	// Differ, when set, is called with every difference: the target
+	// database, the key ("" for a difference of the key count) and why.
+	Differ func(db int, key, why string)
 }
 
 // Restore implements snapshot.Restorer: it compares instead of restoring.
@@ -56,7 +74,13 @@ func (c *Checker) Restore(ctx context.Context, in snapshot.StreamReader) (snapsh
 	if err != nil {
 		return nil, err
 	}
-	k := &checkSink{server: newServer(opt), c: c, log: logger(c.Log), want: map[int]int64{}, seed: maphash.MakeSeed()}
+	k := &checkSink{server: newServer(opt), c: c, log: logger(c.Log), want: map[int]int64{}, seed: maphash.MakeSeed(), ref: c.Reference}
+	if k.ref == "" {
+		k.ref = "the snapshot"
+	}
+	if c.NameExtra {
+		k.seen = map[int]map[uint64]struct{}{}
+	}
 	defer k.close()
 	stats, err := readStreams(ctx, in, k)
 	if err == nil {
@@ -84,6 +108,8 @@ type checkSink struct {
 
 	matched, diffs, unverified, expired int64
 	first                               string
+	ref                                 string                      // "the snapshot" or Checker.Reference
+	seen                                map[int]map[uint64]struct{} // NameExtra: hashes of the key names per target database
 }
 
 func (k *checkSink) begin(_ context.Context, fr *frameReader) error {
@@ -98,6 +124,9 @@ func (k *checkSink) record(ctx context.Context, fr *frameReader, rec record) err
 		return nil
 	}
 	k.want[k.tdb]++
+	if k.seen != nil {
+		k.saw(k.tdb, rec.key)
+	}
 	k.batch = append(k.batch, rec)
 	k.size += len(rec.payload)
 	if len(k.batch) >= batchKeys || k.size >= batchBytes {
@@ -136,6 +165,7 @@ func (k *checkSink) flush(ctx context.Context, fr *frameReader) error {
 			return fmt.Errorf("redis: %s: frame %d (key %q): PTTL from %s db %d: %w", fr.stream, rec.frame, rec.key, k.opt.Addr, k.tdb, err)
 		}
 		same, why := k.compare(rec.payload, []byte(payload))
+		why = k.reword(why)
 		if !same {
 			k.differ(fr, rec, why)
 			continue
@@ -170,33 +200,102 @@ func ttlDiff(expiry, ttl, now int64) string {
 }
 
 func (k *checkSink) differ(fr *frameReader, rec record, why string) {
-	k.diffs++
+	why = k.reword(why)
 	msg := fmt.Sprintf("db %d key %q (%s frame %d): %s", k.tdb, rec.key, fr.stream, rec.frame, why)
+	k.report(k.tdb, rec.key, why, msg)
+}
+
+// reword names the Reference instead of the snapshot in why.
+func (k *checkSink) reword(why string) string {
+	if k.ref == "the snapshot" {
+		return why
+	}
+	return strings.ReplaceAll(why, "the snapshot", k.ref)
+}
+
+// report counts, logs and passes on a difference.
+func (k *checkSink) report(db int, key, why, msg string) {
+	k.diffs++
 	if k.diffs == 1 {
 		k.first = msg
 	}
 	if k.diffs <= maxLoggedDiffs {
-		k.log.Warn("redis: the target differs from the snapshot", "difference", msg)
+		k.log.Warn("redis: the target differs from "+k.ref, "difference", msg)
 	}
+	if k.c.Differ != nil {
+		k.c.Differ(db, key, why)
+	}
+}
+
+// saw records that the streams hold key in target database db.
+func (k *checkSink) saw(db int, key string) {
+	s := k.seen[db]
+	if s == nil {
+		s = map[uint64]struct{}{}
+		k.seen[db] = s
+	}
+	s[maphash.String(k.seed, key)] = struct{}{}
 }
 
 // countKeys compares each target database's key count with the snapshot's.
 func (k *checkSink) countKeys(ctx context.Context) error {
-	for db, want := range k.want {
+	for _, db := range slices.Sorted(maps.Keys(k.want)) {
+		want := k.want[db]
 		n, err := k.db(db).DBSize(ctx).Result()
 		if err != nil {
 			return serverError(k.opt.Addr, fmt.Sprintf("db %d: DBSIZE", db), err)
 		}
-		if n != want {
-			k.diffs++
-			msg := fmt.Sprintf("db %d holds %d keys, the snapshot %d", db, n, want)
-			if k.diffs == 1 {
-				k.first = msg
-			}
-			k.log.Warn("redis: the target differs from the snapshot", "difference", msg)
+		if n == want {
+			continue
 		}
+		if n > want && k.seen != nil {
+			named, err := k.nameExtra(ctx, db, n-want)
+			if err != nil {
+				return err
+			}
+			if named {
+				continue
+			}
+		}
+		why := fmt.Sprintf("holds %d keys, %s %d", n, k.ref, want)
+		k.report(db, "", why, fmt.Sprintf("db %d %s", db, why))
 	}
 	return nil
+}
+
+// nameExtra scans target database db for the keys the streams do not
+// hold and reports each (up to maxLoggedDiffs by name, then their
+// number). It returns false when it found none (a key expired or was
+// deleted meanwhile): the counts are reported instead.
+func (k *checkSink) nameExtra(ctx context.Context, db int, extra int64) (bool, error) {
+	c := k.db(db)
+	seen := k.seen[db]
+	var found int64
+	var cursor uint64
+	for {
+		keys, next, err := c.Scan(ctx, cursor, "", batchKeys).Result()
+		if err != nil {
+			return false, serverError(k.opt.Addr, fmt.Sprintf("db %d: SCAN", db), err)
+		}
+		for _, key := range keys {
+			if _, ok := seen[maphash.String(k.seed, key)]; ok {
+				continue
+			}
+			if found++; found <= maxLoggedDiffs {
+				why := "only in the target"
+				k.report(db, key, why, fmt.Sprintf("db %d key %q: %s", db, key, why))
+			}
+		}
+		if next == 0 {
+			break
+		}
+		cursor = next
+	}
+	if found > maxLoggedDiffs {
+		why := fmt.Sprintf("%d more keys only in the target (it holds %d more keys than %s)", found-maxLoggedDiffs, extra, k.ref)
+		k.report(db, "", why, fmt.Sprintf("db %d: %s", db, why))
+	}
+	return found > 0, nil
 }
 
 // RDB object types of DUMP payloads, and the Redis type of each.
