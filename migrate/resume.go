@@ -143,8 +143,10 @@ func prepareVolume(ctx context.Context, p Pair, d *volume.Dumper, r *volume.Rest
 	case q.diff == "":
 		res.skip, res.units = true, []string{"volume"}
 		res.note("the target's %d entries (%s) match the source by name, type and size (the earlier run moved them, but stopped before recording it): skipped", q.entries, sizeString(q.bytes))
-	case cs.Writing:
+	case cs.Moved:
 		force("the target moved by an earlier run no longer matches the source (%s): moving it again, replacing the target's content", q.diff)
+	case cs.Writing:
+		force("the target, this migration's since an earlier run that did not finish it, does not match the source (%s): moving it again, replacing the target's content", q.diff)
 	}
 	return p, res, nil
 }
