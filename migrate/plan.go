@@ -184,6 +184,8 @@ func describeState(cs *ComponentState, complete bool) string {
 			len(units), listNames(units, 5), n)
 	case cs.Writing:
 		return "begun, nothing finished: what the run wrote is replaced"
+	case cs.Refused:
+		return "refused by the target, which held data of its own in the way: moved in full"
 	}
 	return "not begun: moved in full"
 }
@@ -431,11 +433,11 @@ func (c Mongo) planCompat(ctx context.Context, f *Finding, src, dst *mongo.Clien
 			specs = append(specs, spec)
 		}
 	}
-	asIs := 0
+	verdicts := map[mongosnap.Verdict]int{}
 	for _, row := range mongosnap.Compatibility(flavor, version, specs) {
+		verdicts[row.Verdict]++
 		switch row.Verdict {
 		case mongosnap.AsIs:
-			asIs++
 			continue
 		case mongosnap.Refused:
 			f.block("compatibility: %s", row)
@@ -446,7 +448,8 @@ func (c Mongo) planCompat(ctx context.Context, f *Finding, src, dst *mongo.Clien
 		}
 		f.Compat = append(f.Compat, row.String())
 	}
-	f.note("compatibility with %s: %d items (collections, options, indexes) as they are, %d adapted, skipped, refused or noted (see compat)", flavor, asIs, len(f.Compat))
+	f.note("compatibility with %s %s: of the collections, views, options and indexes, %d as they are, %d adapted, %d skipped, %d refused",
+		flavor, version, verdicts[mongosnap.AsIs], verdicts[mongosnap.Adapted], verdicts[mongosnap.Skipped], verdicts[mongosnap.Refused])
 }
 
 // Host names of managed services, as snapshot/mongo recognises them
