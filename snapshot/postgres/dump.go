@@ -157,24 +157,78 @@ func (d *Dumper) pgDumpArgs(ctx context.Context, src *source, schemas []string) 
 	if blobs > 0 {
 		logger(d.Log).Warn("postgres: large objects belong to no schema and are not in the snapshot", "database", src.database, "count", blobs)
 	}
-	// pg_dump dumps the extensions of the chosen schemas only when asked.
-	rows, err := src.conn.Query(ctx, `SELECT e.extname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
-		WHERE n.nspname = ANY($1) ORDER BY 1`, schemas)
+	// pg_dump dumps the extensions of the chosen schemas only when asked,
+	// and those elsewhere that the schemas' objects use too.
+	rows, err := src.conn.Query(ctx, usedExtensionsQuery, schemas)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: list extensions: %w", err)
 	}
-	exts, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	type extension struct {
+		Name, Schema string
+		Elsewhere    bool
+	}
+	exts, err := pgx.CollectRows(rows, pgx.RowToStructByPos[extension])
 	if err != nil {
 		return nil, fmt.Errorf("postgres: list extensions: %w", err)
+	}
+	for _, e := range exts {
+		if e.Elsewhere {
+			logger(d.Log).Info("postgres: the chosen schemas use an extension installed in another schema: its CREATE EXTENSION is in the snapshot",
+				"extension", e.Name, "schema", e.Schema)
+		}
 	}
 	for _, s := range schemas {
 		args = append(args, "--schema="+pgDumpPattern(s))
 	}
 	for _, e := range exts {
-		args = append(args, "--extension="+pgDumpPattern(e))
+		args = append(args, "--extension="+pgDumpPattern(e.Name))
 	}
 	return args, nil
 }
+
+// usedExtensionsQuery lists the extensions that the schemas named by $1
+// need (name, schema, whether that schema is not one of them): those
+// installed in the schemas, those that own an object which an object of
+// the schemas depends on (a column's type, a function called by a default,
+// a view or an SQL-standard function body, an index's operator class, …),
+// and the extensions those require. Dependencies that PostgreSQL does not
+// record, such as calls in the body of a PL/pgSQL function, are not found.
+const usedExtensionsQuery = `
+WITH RECURSIVE wanted AS (
+	SELECT oid FROM pg_namespace WHERE nspname = ANY($1)
+), direct AS (
+	SELECT e.oid FROM pg_extension e WHERE e.extnamespace IN (SELECT oid FROM wanted)
+	UNION
+	SELECT m.refobjid FROM pg_depend d
+	JOIN pg_depend m ON m.classid = d.refclassid AND m.objid = d.refobjid
+		AND m.refclassid = 'pg_extension'::regclass AND m.deptype = 'e'
+	WHERE d.deptype IN ('n', 'a') AND CASE d.classid
+		WHEN 'pg_class'::regclass THEN (SELECT relnamespace FROM pg_class WHERE oid = d.objid)
+		WHEN 'pg_proc'::regclass THEN (SELECT pronamespace FROM pg_proc WHERE oid = d.objid)
+		WHEN 'pg_type'::regclass THEN (SELECT typnamespace FROM pg_type WHERE oid = d.objid)
+		WHEN 'pg_constraint'::regclass THEN (SELECT connamespace FROM pg_constraint WHERE oid = d.objid)
+		WHEN 'pg_attrdef'::regclass THEN (SELECT c.relnamespace FROM pg_attrdef a JOIN pg_class c ON c.oid = a.adrelid WHERE a.oid = d.objid)
+		WHEN 'pg_rewrite'::regclass THEN (SELECT c.relnamespace FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class WHERE r.oid = d.objid)
+		WHEN 'pg_trigger'::regclass THEN (SELECT c.relnamespace FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE t.oid = d.objid)
+		WHEN 'pg_policy'::regclass THEN (SELECT c.relnamespace FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid WHERE p.oid = d.objid)
+		WHEN 'pg_operator'::regclass THEN (SELECT oprnamespace FROM pg_operator WHERE oid = d.objid)
+		WHEN 'pg_opclass'::regclass THEN (SELECT opcnamespace FROM pg_opclass WHERE oid = d.objid)
+		WHEN 'pg_opfamily'::regclass THEN (SELECT opfnamespace FROM pg_opfamily WHERE oid = d.objid)
+		WHEN 'pg_collation'::regclass THEN (SELECT collnamespace FROM pg_collation WHERE oid = d.objid)
+		WHEN 'pg_statistic_ext'::regclass THEN (SELECT stxnamespace FROM pg_statistic_ext WHERE oid = d.objid)
+		WHEN 'pg_ts_config'::regclass THEN (SELECT cfgnamespace FROM pg_ts_config WHERE oid = d.objid)
+		WHEN 'pg_ts_dict'::regclass THEN (SELECT dictnamespace FROM pg_ts_dict WHERE oid = d.objid)
+	END IN (SELECT oid FROM wanted)
+), used(oid) AS (
+	SELECT oid FROM direct
+	UNION
+	SELECT d.refobjid FROM pg_depend d JOIN used u ON d.objid = u.oid
+	WHERE d.classid = 'pg_extension'::regclass AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'n'
+)
+SELECT e.extname, n.nspname, e.extnamespace NOT IN (SELECT oid FROM wanted)
+FROM pg_extension e JOIN used u ON u.oid = e.oid JOIN pg_namespace n ON n.oid = e.extnamespace
+WHERE e.oid >= 16384 -- not those of initdb (plpgsql), which pg_dump never dumps
+ORDER BY 1`
 
 // pgDumpPattern returns a pg_dump pattern that matches exactly name.
 func pgDumpPattern(name string) string { return pgx.Identifier{name}.Sanitize() }

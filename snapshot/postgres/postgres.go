@@ -25,14 +25,19 @@
 // refused when the whole database is dumped (they belong to no schema).
 // Sequences are not transactional: like pg_dump, Dump reads their values
 // after the data, so they are at least those of the snapshot. When schemas
-// are chosen, pg_dump includes only the extensions installed in them; the
-// target must have any other extension their objects use.
+// are chosen, pre-data holds the extensions installed in them and those,
+// installed elsewhere, that their objects depend on (as PostgreSQL records
+// dependencies: a column's type, an index's operator class, a default's
+// function; not the calls inside a PL/pgSQL body).
 //
-// Restore runs in one transaction on one connection: a failed or
-// interrupted restore leaves the target as it was. Data is loaded between
-// pre-data and post-data, so indexes and constraints are built once, after
-// the data, as pg_restore and pgcopydb do. Memory does not grow with the
-// data: rows are streamed, and only one SQL statement at a time is held.
+// Restore runs in one transaction on one connection, so that a failed or
+// interrupted restore leaves the target as it was; or, with
+// Restorer.Loaders, loads the tables on several connections at once and
+// removes what it created when it fails. Data is loaded between pre-data
+// and post-data, so indexes and constraints are built once, after the
+// data, as pg_restore and pgcopydb do. Memory does not grow with the data:
+// rows are streamed, and only one SQL statement at a time is held per
+// connection.
 package postgres
 
 import (

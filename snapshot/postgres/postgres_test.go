@@ -596,6 +596,10 @@ func TestPostgres(t *testing.T) {
 		}
 	})
 
+	t.Run("parallel", func(t *testing.T) { testParallel(t, dst, store, stats, wantContent, wantCatalog) })
+	t.Run("superuser objects", func(t *testing.T) { testSuperuserObjects(t, src, dst) })
+	t.Run("extensions elsewhere", func(t *testing.T) { testExtensionsElsewhere(t, src, dst) })
+
 	t.Run("export", func(t *testing.T) {
 		file := filepath.Join(t.TempDir(), "dump.sql")
 		f, err := os.Create(file)

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 
 	"github.com/stackport/stackport/snapshot"
+	"golang.org/x/sync/errgroup"
 )
 
 // A sink receives the streams of a snapshot from readSnapshot, in order:
@@ -17,15 +19,20 @@ type sink interface {
 	begin(m *meta) error
 	// script handles an SQL script; it must read sc to io.EOF.
 	script(name string, sc *scanner) error
-	// table handles a table's rows; it must read r to io.EOF.
-	table(t *table, r *copyReader) error
+	// table handles a table's rows; it must read r to io.EOF. When
+	// readSnapshot is given more than one loader, table is called for
+	// several tables at once, each on a goroutine of its own, with a
+	// context that is cancelled when one of them fails.
+	table(ctx context.Context, t *table, r *copyReader) error
 	end() error
 }
 
 // readSnapshot reads the streams of a snapshot in the order Dump writes
 // them, checks that every table listed in meta.json has exactly one data
-// stream, decodes every stream and passes it to s.
-func readSnapshot(ctx context.Context, in snapshot.StreamReader, s sink) (snapshot.Stats, error) {
+// stream, decodes every stream and passes it to s. Up to loaders tables
+// (at least one) are passed to s at once; with one, each table stream is
+// closed before the next is opened.
+func readSnapshot(ctx context.Context, in snapshot.StreamReader, s sink, loaders int) (snapshot.Stats, error) {
 	stats := snapshot.Stats{"tables": 0, "rows": 0, "bytes": 0}
 	var m *meta
 	if err := readNext(in, metaStream, func(r io.Reader) (err error) {
@@ -43,50 +50,13 @@ func readSnapshot(ctx context.Context, in snapshot.StreamReader, s sink) (snapsh
 	if err := readNext(in, preDataStream, script(preDataStream)); err != nil {
 		return stats, err
 	}
-
-	// The data streams, in any order, up to post-data.sql.
-	byStream := make(map[string]*table, len(m.Tables))
-	for _, t := range m.Tables {
-		byStream[t.Stream] = t
+	name, rc, err := readTables(ctx, in, s, m, stats, loaders)
+	if err != nil {
+		return stats, err
 	}
-	for {
-		if err := ctx.Err(); err != nil {
-			return stats, fmt.Errorf("postgres: %w", err)
-		}
-		name, rc, err := next(in, postDataStream)
-		if err != nil {
-			return stats, err
-		}
-		if name == postDataStream {
-			if err := checkAllTables(m, byStream); err != nil {
-				rc.Close()
-				return stats, err
-			}
-			if err := readStream(name, rc, postDataStream, script(postDataStream)); err != nil {
-				return stats, err
-			}
-			break
-		}
-		t := byStream[name]
-		if t == nil {
-			rc.Close()
-			return stats, corrupt(name, "unexpected stream (not a table of %s, or a second stream for one)", metaStream)
-		}
-		delete(byStream, name)
-		cr := newCopyReader(ctx, rc, t)
-		err = s.table(t, cr)
-		if cerr := rc.Close(); err == nil && cerr != nil {
-			err = fmt.Errorf("postgres: close %s: %w", name, cerr)
-		}
-		if err == nil && !cr.done {
-			err = fmt.Errorf("postgres: %s: not read to its end", name) // a bug of the sink
-		}
-		if err != nil {
-			return stats, err
-		}
-		addTable(stats, t, cr.rows, cr.bytes)
+	if err := readStream(name, rc, postDataStream, script(postDataStream)); err != nil {
+		return stats, err
 	}
-
 	if err := readNext(in, sequencesStream, script(sequencesStream)); err != nil {
 		return stats, err
 	}
@@ -98,6 +68,102 @@ func readSnapshot(ctx context.Context, in snapshot.StreamReader, s sink) (snapsh
 		return stats, fmt.Errorf("postgres: after %s: %w", sequencesStream, err)
 	}
 	return stats, s.end()
+}
+
+// readTables passes the data streams, which come in any order, to s.table,
+// up to loaders at once, and adds their counts to stats. It returns the
+// stream that follows them, post-data.sql, unread, once every table is
+// done. The first failure, of a table or of reading the streams, stops the
+// others and is the one returned; every stream handed out is closed.
+func readTables(ctx context.Context, in snapshot.StreamReader, s sink, m *meta, stats snapshot.Stats, loaders int) (string, io.ReadCloser, error) {
+	byStream := make(map[string]*table, len(m.Tables))
+	for _, t := range m.Tables {
+		byStream[t.Stream] = t
+	}
+	var mu sync.Mutex
+	var first error // guarded by mu
+	fail := func(err error) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if first == nil {
+			first = err
+		}
+		return err
+	}
+	load := func(ctx context.Context, t *table, rc io.ReadCloser) error {
+		cr := newCopyReader(ctx, rc, t)
+		err := s.table(ctx, t, cr)
+		if cerr := rc.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("postgres: close %s: %w", t.Stream, cerr)
+		}
+		if err == nil && !cr.done {
+			err = fmt.Errorf("postgres: %s: not read to its end", t.Stream) // a bug of the sink
+		}
+		if err != nil {
+			return fail(err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		addTable(stats, t, cr.rows, cr.bytes)
+		return nil
+	}
+
+	// A slot is taken before a stream is asked for, so that no more than
+	// loaders streams are held at once.
+	slots := make(chan struct{}, max(loaders, 1))
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(lctx)
+	for {
+		select {
+		case slots <- struct{}{}:
+		case <-gctx.Done():
+		}
+		if err := gctx.Err(); err != nil {
+			if ctx.Err() != nil {
+				fail(fmt.Errorf("postgres: %w", ctx.Err()))
+			}
+			break
+		}
+		name, rc, err := next(in, postDataStream)
+		if err != nil {
+			fail(err)
+			break
+		}
+		if name == postDataStream {
+			g.Wait()
+			if first == nil {
+				first = checkAllTables(m, byStream)
+			}
+			if first != nil {
+				rc.Close()
+				return "", nil, first
+			}
+			return name, rc, nil
+		}
+		t := byStream[name]
+		if t == nil {
+			rc.Close()
+			fail(corrupt(name, "unexpected stream (not a table of %s, or a second stream for one)", metaStream))
+			break
+		}
+		delete(byStream, name)
+		if loaders <= 1 {
+			err := load(gctx, t, rc)
+			<-slots
+			if err != nil {
+				break
+			}
+			continue
+		}
+		g.Go(func() error {
+			defer func() { <-slots }()
+			return load(gctx, t, rc)
+		})
+	}
+	cancel()
+	g.Wait()
+	return "", nil, first
 }
 
 // checkAllTables returns an error naming the tables of m whose data

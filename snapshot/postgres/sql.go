@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -87,6 +89,83 @@ func (s *statement) extension() (string, bool) {
 		i = 5
 	}
 	return s.name(i)
+}
+
+// extensionSchema returns the schema of a CREATE EXTENSION statement that
+// ends with WITH SCHEMA name, as pg_dump writes them.
+func (s *statement) extensionSchema() (string, bool) {
+	t := s.tail
+	if !s.words("CREATE", "EXTENSION") || len(t) != tailTokens || t[0] != (token{'w', "WITH"}) || t[1] != (token{'w', "SCHEMA"}) {
+		return "", false
+	}
+	switch t[2].kind {
+	case 'w':
+		return strings.ToLower(t[2].text), true
+	case 'q':
+		return t[2].text, true
+	}
+	return "", false
+}
+
+// roleAttributes matches the role attributes only a superuser may grant.
+var roleAttributes = regexp.MustCompile(`(?i)\b(SUPERUSER|REPLICATION|BYPASSRLS)\b`)
+
+// superuserOnly reports whether only a superuser may run the statement,
+// and names what it creates or changes ("event trigger x", "publication
+// p", "ALTER SYSTEM", …): event triggers, publications, subscriptions,
+// ALTER SYSTEM, SECURITY LABEL, roles with superuser attributes and
+// untrusted languages, and comments on those (languages: on those named
+// in languages).
+func (s *statement) superuserOnly(languages []string) (string, bool) {
+	named := func(kind string, i int) (string, bool) {
+		if n, ok := s.name(i); ok {
+			return kind + " " + n, true
+		}
+		return kind, true
+	}
+	switch {
+	case s.words("CREATE", "EVENT", "TRIGGER"), s.words("ALTER", "EVENT", "TRIGGER"):
+		return named("event trigger", 3)
+	case s.words("COMMENT", "ON", "EVENT", "TRIGGER"):
+		return named("event trigger", 4)
+	case s.words("CREATE", "PUBLICATION"), s.words("ALTER", "PUBLICATION"):
+		return named("publication", 2)
+	case s.words("COMMENT", "ON", "PUBLICATION"):
+		return named("publication", 3)
+	case s.words("CREATE", "SUBSCRIPTION"), s.words("ALTER", "SUBSCRIPTION"):
+		return named("subscription", 2)
+	case s.words("COMMENT", "ON", "SUBSCRIPTION"):
+		return named("subscription", 3)
+	case s.words("ALTER", "SYSTEM"):
+		return "ALTER SYSTEM", true
+	case s.words("SECURITY", "LABEL"):
+		return "security label", true
+	case s.words("COMMENT", "ON", "LANGUAGE"):
+		if n, ok := s.name(3); ok && slices.Contains(languages, n) {
+			return "language " + n, true
+		}
+	case s.words("CREATE", "ROLE"), s.words("ALTER", "ROLE"), s.words("CREATE", "USER"), s.words("ALTER", "USER"):
+		if roleAttributes.MatchString(s.text) {
+			return named("role", 2)
+		}
+	case s.words("CREATE"):
+		// CREATE [OR REPLACE] [TRUSTED] [PROCEDURAL] LANGUAGE name
+		i := 1
+		if s.words("CREATE", "OR", "REPLACE") {
+			i = 3
+		}
+		trusted := i < len(s.head) && s.head[i] == (token{'w', "TRUSTED"})
+		if trusted {
+			i++
+		}
+		if i < len(s.head) && s.head[i] == (token{'w', "PROCEDURAL"}) {
+			i++
+		}
+		if i < len(s.head) && s.head[i] == (token{'w', "LANGUAGE"}) && !trusted {
+			return named("language", i+1)
+		}
+	}
+	return "", false
 }
 
 // restrictCommand reports whether the statement is pg_dump's \restrict or

@@ -117,6 +117,63 @@ func TestStatementKinds(t *testing.T) {
 	}
 }
 
+func TestSuperuserOnly(t *testing.T) {
+	for _, tc := range []struct {
+		stmt, want string // want "": a non-superuser may run it
+	}{
+		{"CREATE EVENT TRIGGER on_ddl ON ddl_command_end EXECUTE FUNCTION public.on_ddl();", "event trigger on_ddl"},
+		{`ALTER EVENT TRIGGER "On DDL" ENABLE ALWAYS;`, "event trigger On DDL"},
+		{"COMMENT ON EVENT TRIGGER on_ddl IS 'x';", "event trigger on_ddl"},
+		{"CREATE PUBLICATION pub FOR ALL TABLES WITH (publish = 'insert');", "publication pub"},
+		{"ALTER PUBLICATION pub ADD TABLE ONLY public.t;", "publication pub"},
+		{"COMMENT ON PUBLICATION pub IS 'x';", "publication pub"},
+		{"CREATE SUBSCRIPTION sub CONNECTION 'host=x' PUBLICATION pub WITH (connect = false);", "subscription sub"},
+		{"ALTER SUBSCRIPTION sub OWNER TO x;", "subscription sub"},
+		{"ALTER SYSTEM SET work_mem = '1GB';", "ALTER SYSTEM"},
+		{"SECURITY LABEL FOR selinux ON TABLE t IS 'system_u:object_r:sepgsql_table_t:s0';", "security label"},
+		{"CREATE ROLE admin SUPERUSER LOGIN;", "role admin"},
+		{"ALTER ROLE app WITH REPLICATION;", "role app"},
+		{"CREATE USER u BYPASSRLS;", "role u"},
+		{"CREATE ROLE plain NOSUPERUSER LOGIN;", ""},
+		{"CREATE OR REPLACE PROCEDURAL LANGUAGE plperlu;", "language plperlu"},
+		{"CREATE LANGUAGE plsh HANDLER plsh_handler;", "language plsh"},
+		{"COMMENT ON LANGUAGE plperlu IS 'x';", "language plperlu"},
+		{"COMMENT ON LANGUAGE plpgsql IS 'x';", ""},
+		{"CREATE TRUSTED PROCEDURAL LANGUAGE plmine HANDLER h;", ""},
+		{"CREATE OR REPLACE TRUSTED LANGUAGE plmine HANDLER h;", ""},
+		{"CREATE TABLE publication (id int);", ""},
+		{"CREATE TRIGGER t BEFORE UPDATE ON x FOR EACH ROW EXECUTE FUNCTION f();", ""},
+		{"CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';", ""},
+	} {
+		sts, err := split(t, tc.stmt)
+		if err != nil || len(sts) != 1 {
+			t.Fatalf("%q: %v, %d statements", tc.stmt, err, len(sts))
+		}
+		got, ok := sts[0].superuserOnly([]string{"plperlu"})
+		if got != tc.want || ok != (tc.want != "") {
+			t.Errorf("%q: %q, %v; want %q", tc.stmt, got, ok, tc.want)
+		}
+	}
+}
+
+func TestExtensionSchema(t *testing.T) {
+	for stmt, want := range map[string]string{
+		"CREATE EXTENSION IF NOT EXISTS citext WITH SCHEMA ext;":           "ext",
+		`CREATE EXTENSION IF NOT EXISTS "uuid-ossp" WITH SCHEMA "My Ext";`: "My Ext",
+		"CREATE EXTENSION citext WITH SCHEMA PUBLIC;":                      "public",
+		"CREATE EXTENSION citext;":                                         "",
+		"CREATE SCHEMA ext;":                                               "",
+	} {
+		sts, err := split(t, stmt)
+		if err != nil || len(sts) != 1 {
+			t.Fatalf("%q: %v", stmt, err)
+		}
+		if got, ok := sts[0].extensionSchema(); got != want || ok != (want != "") {
+			t.Errorf("%q: %q, %v; want %q", stmt, got, ok, want)
+		}
+	}
+}
+
 // TestScannerPgDump splits pg_dump's output for the fixture.
 func TestScannerPgDump(t *testing.T) {
 	counts := map[string][4]int{} // statements, owners, acls, meta-commands

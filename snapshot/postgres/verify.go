@@ -28,7 +28,7 @@ type Verifier struct {
 
 // Restore implements snapshot.Restorer.
 func (v Verifier) Restore(ctx context.Context, in snapshot.StreamReader) (snapshot.Stats, error) {
-	return readSnapshot(ctx, in, &verifySink{digests: v.Digests})
+	return readSnapshot(ctx, in, &verifySink{digests: v.Digests}, 1)
 }
 
 type verifySink struct {
@@ -41,7 +41,7 @@ func (s *verifySink) script(name string, sc *scanner) error {
 	return eachStatement(name, sc, func(*statement) error { return nil })
 }
 
-func (s *verifySink) table(t *table, r *copyReader) error {
+func (s *verifySink) table(_ context.Context, t *table, r *copyReader) error {
 	if s.digests == nil {
 		_, err := io.Copy(io.Discard, r)
 		return err
@@ -89,7 +89,7 @@ func eachStatement(name string, sc *scanner, fn func(*statement) error) error {
 // Verifier while it is written: an error may come after part of the script
 // was written.
 func ExportSQL(ctx context.Context, in snapshot.StreamReader, w io.Writer) (snapshot.Stats, error) {
-	return readSnapshot(ctx, in, &exportSink{w: bufio.NewWriterSize(w, copyBufSize)})
+	return readSnapshot(ctx, in, &exportSink{w: bufio.NewWriterSize(w, copyBufSize)}, 1)
 }
 
 type exportSink struct {
@@ -113,7 +113,7 @@ func (s *exportSink) script(name string, sc *scanner) error {
 	})
 }
 
-func (s *exportSink) table(t *table, r *copyReader) error {
+func (s *exportSink) table(_ context.Context, t *table, r *copyReader) error {
 	if _, err := fmt.Fprintf(s.w, "COPY %s FROM stdin;\n", t.ident()); err != nil {
 		return err
 	}
