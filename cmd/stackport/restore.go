@@ -46,6 +46,10 @@ type restoreOptions struct {
 	PostgresKeepOwners bool
 	PostgresClean      bool
 	PostgresParallel   int
+	// PostgresLoaders is the number of tables a PostgreSQL restore loads
+	// at once (postgres.Restorer.Loaders): restore sets it from
+	// --postgres-parallel; migrate leaves it 0, one transaction.
+	PostgresLoaders int
 }
 
 func newRestoreCommand(g *globalOptions) *cobra.Command {
@@ -63,7 +67,17 @@ is not empty is refused unless --force, which replaces its content. Owners are
 restored when running as root; --chown gives every file one owner instead (for
 NFS shares such as Filestore). Archive entries that would write outside the
 target (../ or absolute paths, writes through symlinks, device files) are
-rejected by name.`,
+rejected by name.
+
+PostgreSQL is restored in three steps: pre-data (types, functions, tables; with
+--postgres-clean after dropping the restored schemas) is committed first, then
+--postgres-parallel connections load the tables at once, each table's COPY in
+a transaction of its own, then indexes, constraints, triggers and sequence
+values are committed. If anything fails after pre-data, what the restore
+created is dropped again, so the same command can simply run again; if even
+that fails, the error says the target holds a partial restore, which a run
+with --postgres-clean replaces. --postgres-parallel 1 restores in one
+transaction instead: a failure leaves the target exactly as it was.`,
 		Example: `  stackport restore latest --volume-to /appsmith-stacks
   stackport restore 20261125T210000Z-3f9a1c --volume-to /mnt/filestore/stacks --chown 1000:1000 --force
   # MongoDB into Atlas, appsmith.* as appsmith_prod.*
@@ -83,7 +97,8 @@ rejected by name.`,
 	opts.Crypto.addDecryptFlags(f)
 	opts.addTargetFlags(f, false)
 	f.IntVar(&opts.MongoParallel, "mongo-parallel", 4, "MongoDB insert batches in flight")
-	f.IntVar(&opts.PostgresParallel, "postgres-parallel", 4, "PostgreSQL workers per index build")
+	f.IntVar(&opts.PostgresParallel, "postgres-parallel", 4,
+		"PostgreSQL tables loaded at once, each on its own connection, and workers per index build (1: the whole restore in one transaction)")
 	return cmd
 }
 
@@ -130,7 +145,7 @@ func (opts restoreOptions) restorers(log *slog.Logger) ([]part[snapshot.Restorer
 	}
 	if opts.PostgresTo != "" {
 		parts = append(parts, part[snapshot.Restorer]{"postgres", &postgres.Restorer{URL: opts.PostgresTo, KeepOwners: opts.PostgresKeepOwners,
-			Clean: opts.PostgresClean, Parallel: opts.PostgresParallel, Log: log}})
+			Clean: opts.PostgresClean, Loaders: opts.PostgresLoaders, Parallel: opts.PostgresParallel, Log: log}})
 	}
 	if len(parts) == 0 {
 		return nil, usageErrorf("restore: nothing to restore to: give --volume-to DIR, --mongo-to URI, --redis-to URL and/or --postgres-to URL")
@@ -140,6 +155,7 @@ func (opts restoreOptions) restorers(log *slog.Logger) ([]part[snapshot.Restorer
 
 func runRestore(ctx context.Context, g *globalOptions, opts restoreOptions, ref string) error {
 	log := g.logger()
+	opts.PostgresLoaders = opts.PostgresParallel
 	parts, err := opts.restorers(log)
 	if err != nil {
 		return err
