@@ -25,6 +25,7 @@ type restoreOptions struct {
 	Force    bool
 	Chown    string
 	Crypto   cryptoOptions
+	Profile  profileOptions // --profile appsmith --stack DIR: the volume target is the stack folder
 
 	MongoTo        string
 	MongoTLSCAFile string
@@ -96,6 +97,7 @@ transaction instead: a failure leaves the target exactly as it was.`,
 	f := cmd.Flags()
 	opts.Crypto.addDecryptFlags(f)
 	opts.addTargetFlags(f, false)
+	opts.Profile.addFlags(f, "the Appsmith stack folder to restore the volume into (with --profile appsmith; instead of --volume-to)")
 	f.IntVar(&opts.MongoParallel, "mongo-parallel", 4, "MongoDB insert batches in flight")
 	f.IntVar(&opts.PostgresParallel, "postgres-parallel", 4,
 		"PostgreSQL tables loaded at once, each on its own connection, and workers per index build (1: the whole restore in one transaction)")
@@ -156,6 +158,9 @@ func (opts restoreOptions) restorers(log *slog.Logger) ([]part[snapshot.Restorer
 func runRestore(ctx context.Context, g *globalOptions, opts restoreOptions, ref string) error {
 	log := g.logger()
 	opts.PostgresLoaders = opts.PostgresParallel
+	if err := opts.Profile.applyRestoreProfile(&opts); err != nil {
+		return err
+	}
 	parts, err := opts.restorers(log)
 	if err != nil {
 		return err
@@ -217,6 +222,7 @@ func runRestore(ctx context.Context, g *globalOptions, opts restoreOptions, ref 
 		}
 		log.Info("component restored", args...)
 	}
+	opts.Profile.checkRestoredProfile(log)
 	if g.JSON {
 		return printJSON(g, res)
 	}

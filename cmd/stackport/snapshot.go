@@ -28,6 +28,9 @@ type snapshotOptions struct {
 	Tags           []string
 	Host           string
 	Crypto         cryptoOptions
+	// Profile (--profile appsmith --stack DIR, snapshot only) fills in the
+	// sources from the stack.
+	Profile profileOptions
 
 	Mongo          string
 	MongoTLSCAFile string
@@ -78,6 +81,7 @@ On success the new snapshot's ID is the only thing printed on stdout.`,
 		},
 	}
 	opts.addFlags(cmd.Flags())
+	opts.Profile.addFlags(cmd.Flags(), "the Appsmith stack folder (with --profile appsmith): the volume without its raw database files, logs and backups, and the databases of its configuration/docker.env")
 	return cmd
 }
 
@@ -154,6 +158,9 @@ type part[T any] struct {
 }
 
 func runSnapshot(ctx context.Context, g *globalOptions, opts snapshotOptions) error {
+	if err := opts.Profile.applySnapshotProfile(&opts, g.logger()); err != nil {
+		return err
+	}
 	m, err := takeSnapshot(ctx, g, opts)
 	if err != nil {
 		return err
