@@ -6,7 +6,8 @@
 // stops them all. Optionally every stream is also teed into a
 // snapshot.Writer, so that the run leaves a snapshot of what was moved.
 // After the move each component's target is compared with its source
-// (Volume, Mongo).
+// (Volume, Mongo, Redis, Postgres), and Plan inspects sources and targets
+// beforehand without writing.
 //
 // The package holds no dump or restore logic: the same Dumpers and
 // Restorers serve snapshot, restore and migrate.
@@ -58,7 +59,10 @@ type Options struct {
 	//
 	// Run knows how to resume the components of this module: the volume
 	// (moved whole or not at all: skipped when the target matches the
-	// source by names, types and sizes), PostgreSQL (one transaction:
+	// source by names, types and sizes; a target that was missing or empty
+	// at the first run, or replaced with Force, is the migration's, so the
+	// staging and trash folders a killed run left in it are removed and a
+	// partial tree replaced), PostgreSQL (one transaction:
 	// skipped when every table holds as many rows as the source's) and
 	// MongoDB collection by collection (each collection loaded completely
 	// is skipped when the source and the target hold as many documents as

@@ -149,7 +149,7 @@ func (opts *migrateOptions) addFlags(f *pflag.FlagSet) {
 	f.Lookup("postgres").Usage = "PostgreSQL to migrate: postgres:// URL or key=value DSN"
 	f.Lookup("postgres-parallel").Usage = "PostgreSQL tables copied, and index builds run, at once"
 	opts.Target.addTargetFlags(f, true)
-	f.BoolVar(&opts.Plan, "plan", false, "inspect the sources and targets without writing anything: sizes, versions, free space, what would block the move")
+	f.BoolVar(&opts.Plan, "plan", false, "inspect the sources and targets without writing anything: sizes, versions, compatibility, free space, an estimate of the time, an earlier run's state, what would block the move")
 	f.StringVar(&opts.Profile, "profile", "", "the application's layout: appsmith (with --stack)")
 	f.StringVar(&opts.Stack, "stack", "", "the application's stack folder (Appsmith: /appsmith-stacks), read for its configuration/docker.env")
 	f.StringVar(&opts.State, "state", "", "keep the state that lets an interrupted migration resume in this file (default: in the --repo repository, else next to --volume-to, else in the user's cache folder)")
