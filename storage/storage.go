@@ -86,9 +86,8 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Repo, error) {
 			q.Set("no_tmp_dir", "true")
 		}
 		u.RawQuery = q.Encode()
-		rawURL = u.String()
 	}
-	b, err := blob.OpenBucket(ctx, rawURL)
+	b, err := openBucket(ctx, u)
 	if err != nil {
 		return nil, fmt.Errorf("storage: repository %s: %s", name, oneLine(err))
 	}
@@ -193,33 +192,6 @@ func (w *writer) Close() error {
 	}
 	return nil
 }
-
-// NewReader opens object key of snapshot id. A missing object gives an error
-// wrapping fs.ErrNotExist.
-func (r *Repo) NewReader(ctx context.Context, id, key string) (io.ReadCloser, error) {
-	k := objectKey(id, key)
-	rd, err := r.bucket.NewReader(ctx, k, nil)
-	if err != nil {
-		return nil, r.wrap(k, err)
-	}
-	return &reader{rd: rd, r: r, key: k}, nil
-}
-
-type reader struct {
-	rd  *blob.Reader
-	r   *Repo
-	key string
-}
-
-func (rd *reader) Read(p []byte) (int, error) {
-	n, err := rd.rd.Read(p)
-	if err != nil && err != io.EOF {
-		err = rd.r.wrap(rd.key, err)
-	}
-	return n, err
-}
-
-func (rd *reader) Close() error { return rd.rd.Close() }
 
 // List returns the IDs of the snapshots that have a manifest, sorted oldest
 // first. Folders without a manifest (runs in progress or failed) are left

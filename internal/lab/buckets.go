@@ -107,6 +107,23 @@ func S3(t testing.TB) (*Server, string) {
 // single server, so a test can use only one GCS server at a time.
 func GCS(t testing.TB) (*Server, string) {
 	t.Helper()
+	return gcs(t, nil)
+}
+
+// GCSBehind starts fake-gcs-server like GCS for clients that reach it
+// through a TCP proxy (internal/faultproxy): front is called once with the
+// server's address, before the server starts, and returns the address
+// clients connect to (the proxy's). That address becomes the emulator's
+// public host and STORAGE_EMULATOR_HOST, since fake-gcs-server serves
+// downloads only to requests naming its public host; so every GCS client of
+// the test, the lab's readiness check included, goes through the proxy.
+func GCSBehind(t testing.TB, front func(upstream string) string) (*Server, string) {
+	t.Helper()
+	return gcs(t, front)
+}
+
+func gcs(t testing.TB, front func(upstream string) string) (*Server, string) {
+	t.Helper()
 	bin := labBin(t, "fake-gcs-server")
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
@@ -115,7 +132,11 @@ func GCS(t testing.TB) (*Server, string) {
 	}
 	port := freePort(t)
 	s := newServer(t, "fake-gcs-server", filepath.Join(dir, "fake-gcs-server.log"), port)
-	t.Setenv("STORAGE_EMULATOR_HOST", s.Addr)
+	public := s.Addr
+	if front != nil {
+		public = front(s.Addr)
+	}
+	t.Setenv("STORAGE_EMULATOR_HOST", public)
 	t.Setenv("STORAGE_EMULATOR_HOST_GRPC", "")
 	url := "gs://" + bucketName
 	s.newCmd = func() *exec.Cmd {
@@ -125,8 +146,8 @@ func GCS(t testing.TB) (*Server, string) {
 			"-port", strconv.Itoa(port),
 			"-backend", "filesystem",
 			"-filesystem-root", data,
-			"-external-url", "http://"+s.Addr,
-			"-public-host", s.Addr,
+			"-external-url", "http://"+public,
+			"-public-host", public,
 			"-log-level", "warn",
 		)
 	}

@@ -1,0 +1,4 @@
+package storage
+
+// Retryable exports retryable for tests.
+var Retryable = retryable
