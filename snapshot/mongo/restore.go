@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
@@ -354,10 +355,48 @@ func (s *restorer) create(ctx context.Context, c *collection) error {
 	for _, e := range elems {
 		cmd = append(cmd, bson.E{Key: e.Key(), Value: e.Value()})
 	}
-	if err := s.client.Database(t.db).RunCommand(ctx, cmd).Err(); err != nil {
-		return fmt.Errorf("mongo: create %s %s: %s", c.meta.Type, t, serverMessage(err))
+	db := s.client.Database(t.db)
+	for attempt := 1; ; attempt++ {
+		err := db.RunCommand(ctx, cmd).Err()
+		if err == nil {
+			return nil
+		}
+		if !s.r.Drop || !namespaceExists(err) || attempt == createAttempts {
+			return fmt.Errorf("mongo: create %s %s: %s", c.meta.Type, t, serverMessage(err))
+		}
+		// With Drop, the target's collection was dropped (or absent)
+		// but exists again: writes that an earlier, interrupted restore
+		// sent on a connection that was then reset can still land on
+		// the server (FerretDB finishes them) and recreate it. Drop it
+		// again and retry, after a wait.
+		s.log.Warn("mongo: a collection that was dropped exists again (writes of an interrupted restore landing late?); dropping it again",
+			"collection", t.String(), "attempt", attempt)
+		wait := time.NewTimer(createBackoff << (attempt - 1))
+		select {
+		case <-ctx.Done():
+			wait.Stop()
+			return fmt.Errorf("mongo: create %s %s: %w", c.meta.Type, t, ctx.Err())
+		case <-wait.C:
+		}
+		if err := db.Collection(t.coll).Drop(ctx); err != nil {
+			return fmt.Errorf("mongo: drop %s: %w", t, err)
+		}
 	}
-	return nil
+}
+
+// A create that finds the namespace taken again after Drop dropped it is
+// retried createAttempts times in all, waiting createBackoff, then twice as
+// long each time (about 3 s in all).
+const (
+	createAttempts = 5
+	createBackoff  = 200 * time.Millisecond
+)
+
+// namespaceExists reports whether err is the server's NamespaceExists
+// (code 48): the collection or view exists already.
+func namespaceExists(err error) bool {
+	var se mongo.ServerError
+	return errors.As(err, &se) && se.HasErrorCode(48)
 }
 
 // documents reads the documents of c into batches and hands them to the
