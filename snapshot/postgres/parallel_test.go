@@ -291,6 +291,27 @@ func testParallel(t *testing.T, dst cluster, store *streamtest.Store, stats snap
 		checkSame(t, wantContent, contentOf(t, url), "content")
 	})
 
+	// Every table exactly once, whatever the order: an unexpected stream
+	// and a missing one are corrupt data, and what was loaded is removed.
+	t.Run("unexpected and missing streams", func(t *testing.T) {
+		dst.newDB(t, "parallelstreams", restorer)
+		url := dst.dbURL(t, "parallelstreams", restorer, restorerPassword)
+		extra := store.Reader()
+		i := slices.IndexFunc(extra.Streams, func(s streamtest.Stream) bool { return s.Name == postDataStream })
+		extra.Streams = slices.Insert(extra.Streams, i, streamtest.Stream{Name: "data/public.realm.copy", Data: []byte(endOfData)})
+		_, err := (&Restorer{URL: url, Loaders: 3}).Restore(ctx, newHeldReader(extra, 0))
+		checkCorrupt(t, err, "data/public.realm.copy", "unexpected stream")
+		if got := restoredObjects(t, url); len(got) != 0 {
+			t.Errorf("left after the failed restore: %v", got)
+		}
+		missing := store.Reader().Edit(t, "data/public.client.copy", func([]byte) []byte { return nil })
+		_, err = (&Restorer{URL: url, Loaders: 3}).Restore(ctx, newHeldReader(missing, 0))
+		checkCorrupt(t, err, "no data stream for table public.client")
+		if got := restoredObjects(t, url); len(got) != 0 {
+			t.Errorf("left after the failed restore: %v", got)
+		}
+	})
+
 	t.Run("interrupted", func(t *testing.T) {
 		dst.newDB(t, "parallelint", restorer)
 		url := dst.dbURL(t, "parallelint", restorer, restorerPassword)

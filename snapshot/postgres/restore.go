@@ -255,10 +255,11 @@ func (s *restoreSink) script(name string, sc *scanner) error {
 	return nil
 }
 
-// extension checks that the target offers the extension ext, which st
-// creates. Unless check only, when the extension is to be created in a
-// schema that the snapshot does not hold and that the target lacks, it
-// creates that schema.
+// extension reports whether the target offers the extension ext, which st
+// creates. Unless checkOnly (a missing extension was found: nothing more
+// is written), it creates the schema st puts the extension in when the
+// snapshot does not hold that schema and the target has neither the
+// extension nor the schema.
 func (s *restoreSink) extension(ext string, st *statement, checkOnly bool) (bool, error) {
 	var available, installed bool
 	err := s.conn.QueryRow(s.ctx, `SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = $1),
@@ -293,19 +294,22 @@ func (s *restoreSink) commitPreData() error {
 
 func (s *restoreSink) table(ctx context.Context, t *table, r *copyReader) error {
 	if !s.parallel {
-		return copyIn(ctx, s.conn, t, r, false)
+		if err := copyIn(ctx, s.conn, t, r, false); err != nil {
+			return err
+		}
+	} else {
+		conn, err := s.loader(ctx)
+		if err != nil {
+			return err
+		}
+		if err := copyIn(ctx, conn, t, r, true); err != nil {
+			closeConn(conn)
+			return err
+		}
+		s.mu.Lock()
+		s.idle = append(s.idle, conn)
+		s.mu.Unlock()
 	}
-	conn, err := s.loader(ctx)
-	if err != nil {
-		return err
-	}
-	if err := copyIn(ctx, conn, t, r, true); err != nil {
-		closeConn(conn)
-		return err
-	}
-	s.mu.Lock()
-	s.idle = append(s.idle, conn)
-	s.mu.Unlock()
 	s.log.Debug("postgres: table restored", "table", t.key(), "rows", r.rows)
 	return nil
 }
