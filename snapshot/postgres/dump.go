@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -82,6 +83,13 @@ func (d *Dumper) Dump(ctx context.Context, out snapshot.StreamWriter) (snapshot.
 			return pgDump.run(gctx, d.URL, w, append([]string{"--section=pre-data"}, args...)...)
 		})
 	})
+	// And post-data too, into memory (it grows with the schema, not the
+	// data): its stream must follow the tables', but it need not wait for
+	// them.
+	var post bytes.Buffer
+	g.Go(func() error {
+		return pgDump.run(gctx, d.URL, &post, append([]string{"--section=post-data"}, args...)...)
+	})
 	var mu sync.Mutex
 	g.Go(func() error {
 		return src.eachTable(gctx, d.Parallel, tables, func(ctx context.Context, conn *pgx.Conn, t *table) error {
@@ -101,7 +109,8 @@ func (d *Dumper) Dump(ctx context.Context, out snapshot.StreamWriter) (snapshot.
 	}
 
 	if err := writeStream(out, postDataStream, func(w io.Writer) error {
-		return pgDump.run(ctx, d.URL, w, append([]string{"--section=post-data"}, args...)...)
+		_, err := post.WriteTo(w)
+		return err
 	}); err != nil {
 		return stats, err
 	}
