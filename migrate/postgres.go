@@ -3,11 +3,7 @@ package migrate
 import (
 	"context"
 	"fmt"
-	"os"
-	"os/exec"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -127,7 +123,7 @@ func (c Postgres) Plan(ctx context.Context) Finding {
 	if dst == nil {
 		return f
 	}
-	if major(dst.versionNum) < major(src.versionNum) {
+	if postgres.OlderMajor(dst.versionNum, src.versionNum) {
 		f.note("warning: the target (PostgreSQL %s) is older than the source (%s): the schema may use what the target lacks (the restore is one transaction: it fails without leaving anything)", dst.version, src.version)
 	}
 	if err := c.planTarget(ctx, &f, src, dst, schemas); err != nil {
@@ -187,45 +183,15 @@ func (c Postgres) planSource(ctx context.Context, f *Finding, src *pgServer, sch
 	}
 }
 
-// pgDumpVersion matches the version in `pg_dump --version` output.
-var pgDumpVersion = regexp.MustCompile(`\(PostgreSQL\) ([0-9]+)(?:\.([0-9]+))?`)
-
-// planPgDump finds the pg_dump the Dumper would run (PgDump, else pg_dump
-// in PATH, else the server's major version under /usr/lib/postgresql) and
-// checks that it is not older than the source server.
+// planPgDump checks that the Dumper finds a pg_dump not older than the
+// source server.
 func (c Postgres) planPgDump(ctx context.Context, f *Finding, src *pgServer) {
-	candidates := []string{c.PgDump}
-	if c.PgDump == "" {
-		candidates = nil
-		if p, err := exec.LookPath("pg_dump"); err == nil {
-			candidates = append(candidates, p)
-		}
-		p := "/usr/lib/postgresql/" + majorName(src.versionNum) + "/bin/pg_dump"
-		if _, err := os.Stat(p); err == nil {
-			candidates = append(candidates, p)
-		}
-	}
-	if len(candidates) == 0 {
-		f.block("pg_dump not found in PATH or under /usr/lib/postgresql: install the PostgreSQL %s client (or newer) or give --pg-dump", majorName(src.versionNum))
+	path, version, err := postgres.FindPgDump(ctx, c.PgDump, src.versionNum, src.version)
+	if err != nil {
+		f.block("%v", err)
 		return
 	}
-	var seen []string
-	for _, p := range candidates {
-		out, err := exec.CommandContext(ctx, p, "--version").Output()
-		m := pgDumpVersion.FindSubmatch(out)
-		if err != nil || m == nil {
-			seen = append(seen, fmt.Sprintf("%s (no version: %v)", p, err))
-			continue
-		}
-		maj, _ := strconv.Atoi(string(m[1]))
-		if maj*10000 >= major(src.versionNum) || maj < 10 && maj*10000+atoi(string(m[2]))*100 >= major(src.versionNum) {
-			f.note("pg_dump: %s (%s)", p, strings.TrimSpace(string(out)))
-			return
-		}
-		seen = append(seen, fmt.Sprintf("%s is version %s", p, strings.TrimSpace(string(m[0]))))
-	}
-	f.block("pg_dump is older than the source server (PostgreSQL %s): %s; install the PostgreSQL %s client or give --pg-dump",
-		src.version, strings.Join(seen, "; "), majorName(src.versionNum))
+	f.note("pg_dump: %s (PostgreSQL %s)", path, version)
 }
 
 // planTarget checks what the restore needs of the target.
@@ -330,28 +296,6 @@ func (c Postgres) planTarget(ctx context.Context, f *Finding, src, dst *pgServer
 		f.occupy("target database %s already has the schema %s: use --postgres-clean to replace it", dst.database, listNames(existing, 10))
 	}
 	return nil
-}
-
-// major returns the major version of a server_version_num (150000 for
-// 15.x, 90600 for 9.6.x).
-func major(num int) int {
-	if num >= 100000 {
-		return num / 10000 * 10000
-	}
-	return num / 100 * 100
-}
-
-// majorName names the major version of a server_version_num: "15", "9.6".
-func majorName(num int) string {
-	if num >= 100000 {
-		return strconv.Itoa(num / 10000)
-	}
-	return fmt.Sprintf("%d.%d", num/10000, num/100%100)
-}
-
-func atoi(s string) int {
-	n, _ := strconv.Atoi(s)
-	return n
 }
 
 func nonNil(s []string) []string {

@@ -3,7 +3,6 @@ package migrate
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 	"sync"
 
 	goredis "github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/stackport/stackport/snapshot"
 	"github.com/stackport/stackport/snapshot/redis"
@@ -311,27 +309,10 @@ func (c Redis) planMemory(f *Finding, srcInfo, dstInfo string) {
 // dialRedis returns a client of database 0 of the server at url, which
 // sends nothing on connect but HELLO (or AUTH), as snapshot/redis's.
 func dialRedis(url, caFile string) (*goredis.Client, error) {
-	opt, err := goredis.ParseURL(url)
+	opt, err := redis.Options(url, caFile)
 	if err != nil {
-		return nil, fmt.Errorf("redis: invalid URL: %w", err)
+		return nil, err
 	}
-	if caFile != "" {
-		if opt.TLSConfig == nil {
-			return nil, fmt.Errorf("redis: a TLS CA file needs a rediss:// URL")
-		}
-		pool, err := snapshot.LoadCAFile(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("redis: %w", err)
-		}
-		opt.TLSConfig.RootCAs = pool
-		opt.TLSConfig.MinVersion = tls.VersionTLS12
-	}
-	opt.DB = 0
-	opt.Protocol = 2
-	opt.DisableIdentity = true
-	opt.ClientName = ""
-	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-	opt.PoolSize = 2
 	opt.MaxRetries = 1
 	opt.DialerRetries = 1
 	c := goredis.NewClient(opt)

@@ -41,6 +41,22 @@ func majorName(num int) string {
 	return fmt.Sprintf("%d.%d", num/10000, num/100%100)
 }
 
+// FindPgDump returns the path and version of the pg_dump a Dumper with
+// PgDump set to path would run against a server of version serverNum
+// (server_version_num, named serverVersion): the error, when it finds none
+// or only one older than the server, names both versions.
+func FindPgDump(ctx context.Context, path string, serverNum int, serverVersion string) (found, version string, err error) {
+	d, err := findPgDump(ctx, path, serverNum, serverVersion)
+	if err != nil {
+		return "", "", err
+	}
+	return d.path, d.version, nil
+}
+
+// OlderMajor reports whether server_version_num a is of an older major
+// version than b (15.8 is not older than 15.2; 14.12 is older than 15.0).
+func OlderMajor(a, b int) bool { return majorNum(a) < majorNum(b) }
+
 // findPgDump returns the pg_dump to use for a server of version serverNum
 // (server_version_num): path when set, else the first of pg_dump in PATH
 // and /usr/lib/postgresql/<major>/bin/pg_dump that is not older than the

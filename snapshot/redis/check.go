@@ -70,7 +70,7 @@ type Checker struct {
 
 // Restore implements snapshot.Restorer: it compares instead of restoring.
 func (c *Checker) Restore(ctx context.Context, in snapshot.StreamReader) (snapshot.Stats, error) {
-	opt, err := options(c.URL, c.TLSCAFile)
+	opt, err := Options(c.URL, c.TLSCAFile)
 	if err != nil {
 		return nil, err
 	}

@@ -47,7 +47,7 @@ type Dumper struct {
 // unclosed, so the pipeline aborts it.
 func (d *Dumper) Dump(ctx context.Context, out snapshot.StreamWriter) (snapshot.Stats, error) {
 	stats := snapshot.Stats{"keys": 0, "bytes": 0, "skipped_deleted": 0, "rdb_version": 0}
-	opt, err := options(d.URL, d.TLSCAFile)
+	opt, err := Options(d.URL, d.TLSCAFile)
 	if err != nil {
 		return stats, err
 	}

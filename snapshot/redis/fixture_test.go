@@ -32,7 +32,7 @@ func memorystoreConfig() []string {
 // for reading from a Memorystore-like target in tests.
 func quietClient(t testing.TB, url, caFile string, db int) *goredis.Client {
 	t.Helper()
-	opt, err := options(url, caFile)
+	opt, err := Options(url, caFile)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -81,11 +81,11 @@ func corrupt(stream, format string, args ...any) error {
 	return fmt.Errorf("redis: %s: %s: %w", stream, fmt.Sprintf(format, args...), snapshot.ErrCorrupt)
 }
 
-// options parses a redis:// or rediss:// URL (user and password in it, a
+// Options parses a redis:// or rediss:// URL (user and password in it, a
 // database path is ignored) into client options that send nothing on
 // connect but HELLO (or AUTH on servers without HELLO) and SELECT.
 // Errors never show the URL, which may hold a password.
-func options(rawURL, caFile string) (*goredis.Options, error) {
+func Options(rawURL, caFile string) (*goredis.Options, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		var uerr *url.Error
@@ -231,7 +231,7 @@ type KeyCount struct {
 // that hold keys, by number, as INFO keyspace gives them (caFile as for
 // Dumper.TLSCAFile).
 func Keyspace(ctx context.Context, url, caFile string) (map[int]KeyCount, error) {
-	opt, err := options(url, caFile)
+	opt, err := Options(url, caFile)
 	if err != nil {
 		return nil, err
 	}

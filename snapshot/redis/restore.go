@@ -77,7 +77,7 @@ type Restorer struct {
 
 // Restore implements snapshot.Restorer.
 func (r *Restorer) Restore(ctx context.Context, in snapshot.StreamReader) (snapshot.Stats, error) {
-	opt, err := options(r.URL, r.TLSCAFile)
+	opt, err := Options(r.URL, r.TLSCAFile)
 	if err != nil {
 		return nil, err
 	}
