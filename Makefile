@@ -31,10 +31,11 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzFrames$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2s ./snapshot/redis/
 	$(GO) test -run '^$$' -fuzz '^FuzzCopyStream$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2s ./snapshot/postgres/
 
-# demo shows the main job on a fresh machine: snapshot a sample volume into a
-# repository, list, verify, export and restore it, and compare the trees.
-demo: build
-	internal/demo.sh $(BIN)
+# demo shows the main jobs on a fresh machine: snapshot a sample volume into a
+# repository, list, verify, export and restore it, and compare the trees; then
+# migrate a seeded Appsmith stack between lab servers and print the report.
+demo: build lab
+	GO=$(GO) internal/demo.sh $(BIN)
 
 # bench compares stackport with tar | zstd on the same generated tree.
 # BENCH_SIZE_MIB sets the tree size (default 1024).

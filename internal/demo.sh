@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
-# demo.sh shows stackport's main job on this machine: a sample Appsmith-like
-# volume is snapshotted into a file:// repository, listed, verified, exported
-# and restored, and the restored tree is compared with the original.
+# demo.sh shows stackport's main jobs on this machine. First a sample
+# Appsmith-like volume is snapshotted into a file:// repository, listed,
+# verified, exported and restored, the restored tree is compared with the
+# original, and a flipped byte is caught by verify. Then internal/demomigrate
+# shows the migration: it starts lab servers on 127.0.0.1 (a FerretDB, a
+# Redis and a PostgreSQL as the embedded databases; as targets a FerretDB, a
+# Memorystore-like Redis and a PostgreSQL database of a role that is not a
+# superuser), seeds a small Appsmith stack, runs `stackport migrate --plan`
+# and `stackport migrate --profile appsmith`, prints the report and the new
+# container's environment with its secrets masked, checks the targets, and
+# stops every server (also on failure or Ctrl-C). The servers come from
+# `make lab` (internal/lab/install.sh).
 # Usage: internal/demo.sh path/to/stackport
 set -euo pipefail
 sp=$(realpath "${1:-bin/stackport}")
+cd "$(dirname "$0")/.."
 work=$(mktemp -d /tmp/stackport-demo.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 stacks=$work/appsmith-stacks
@@ -52,4 +62,8 @@ printf '\xff' | dd of="$obj" bs=1 seek=1000 conv=notrunc status=none
 set +e; "$sp" verify "$id"; rc=$?; set -e
 echo "exit code: $rc"
 [ "$rc" = 3 ]
+
+step "part two, migrate: internal/demomigrate"
+${GO:-go} build -o "$work/demomigrate" ./internal/demomigrate
+"$work/demomigrate" "$sp"
 printf '\n\033[1mdemo passed\033[0m\n'
