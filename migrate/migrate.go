@@ -367,6 +367,12 @@ type countingStream struct {
 	cw *countingWriter
 }
 
+// CloseWithError aborts the stream: see snapshot.Abort.
+func (s *countingStream) CloseWithError(err error) error {
+	snapshot.Abort(s.WriteCloser, err)
+	return nil
+}
+
 func (s *countingStream) Write(p []byte) (int, error) {
 	n, err := s.WriteCloser.Write(p)
 	s.cw.n.Add(int64(n))
@@ -401,7 +407,7 @@ func (t teeWriter) Create(name string) (io.WriteCloser, error) {
 	}
 	b, err := t.b.Create(name)
 	if err != nil {
-		// a stays open: the pipe fails it when the Dumper returns.
+		snapshot.Abort(a, err)
 		return nil, err
 	}
 	return &teeStream{Writer: io.MultiWriter(a, b), a: a, b: b}, nil
@@ -417,7 +423,15 @@ type teeStream struct {
 func (s *teeStream) Close() error {
 	err := s.b.Close()
 	if err != nil {
-		return err // the pipe's stream stays open and fails with the Dumper
+		snapshot.Abort(s.a, err)
+		return err
 	}
 	return s.a.Close()
+}
+
+// CloseWithError aborts both streams: see snapshot.Abort.
+func (s *teeStream) CloseWithError(err error) error {
+	snapshot.Abort(s.b, err)
+	snapshot.Abort(s.a, err)
+	return nil
 }

@@ -32,6 +32,20 @@ type StreamWriter interface {
 	Create(name string) (io.WriteCloser, error)
 }
 
+// Abort ends a stream that a StreamWriter created, with err as the cause,
+// without committing it: a Writer stores no object for it, a Pipe's reader
+// gets err at once. A Dumper calls it when it gives up on a stream, so that
+// the other end learns of the failure then rather than when Dump returns
+// (a Restorer reading that stream from a Pipe would wait for it meanwhile,
+// and a Dumper's other streams for the Restorer). A stream created by a
+// StreamWriter without this ability (it has no CloseWithError method) is
+// left to be aborted when Dump returns, as the StreamWriter contract says.
+func Abort(w io.WriteCloser, err error) {
+	if a, ok := w.(interface{ CloseWithError(error) error }); ok {
+		_ = a.CloseWithError(err)
+	}
+}
+
 // A StreamReader hands out the streams of one component in the order they
 // were written.
 //

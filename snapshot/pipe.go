@@ -196,6 +196,17 @@ func (w pipeStreamWriter) Close() error {
 	return err
 }
 
+// CloseWithError aborts the stream (see Abort): it fails the whole pipe
+// with err, as PipeWriter.Close(err) does, at once.
+func (w pipeStreamWriter) CloseWithError(err error) error {
+	p := w.s.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.open, w.s)
+	p.fail(err, &closedError{"writing end", err})
+	return nil
+}
+
 // PipeReader is the reading end of a Pipe: the StreamReader handed to a
 // Restorer.
 type PipeReader struct{ p *pipe }

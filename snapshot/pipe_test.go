@@ -21,6 +21,9 @@ import (
 type parallelDumper struct {
 	n, par, size int
 	fail         error // returned after half the streams, leaving one open
+	// abort makes the first stream fail half way: its writer aborts it
+	// (snapshot.Abort) and returns abort, while the others go on.
+	abort error
 }
 
 func content(name string, size int) []byte {
@@ -45,6 +48,11 @@ func (d parallelDumper) Dump(ctx context.Context, out snapshot.StreamWriter) (sn
 		}
 		g.Go(func() error {
 			data := content(name, d.size)
+			if d.abort != nil && i == 0 {
+				w.Write(data[:len(data)/2])
+				snapshot.Abort(w, d.abort)
+				return d.abort
+			}
 			for len(data) > 0 { // small writes, as a cursor would do
 				k := min(len(data), 1000)
 				if _, err := w.Write(data[:k]); err != nil {
@@ -146,6 +154,22 @@ func TestPipeDumperFails(t *testing.T) {
 	dumpErr, restoreErr, _ := move(t, context.Background(),
 		parallelDumper{n: 20, par: 4, size: 50 << 10, fail: boom}, checkingRestorer{size: 50 << 10})
 	if !errors.Is(dumpErr, boom) || errors.Is(dumpErr, snapshot.ErrPipeClosed) {
+		t.Fatalf("dump: %v", dumpErr)
+	}
+	if !errors.Is(restoreErr, boom) || !errors.Is(restoreErr, snapshot.ErrPipeClosed) {
+		t.Fatalf("restore: %v; want the dumper's error as a consequence", restoreErr)
+	}
+}
+
+// TestPipeStreamAborted: a stream that fails while the Dumper's other
+// streams wait for the reader ends the pipe at once. Left open until Dump
+// returned, it deadlocked: the reader waited for the failed stream's end,
+// the other streams for the reader, and Dump for them.
+func TestPipeStreamAborted(t *testing.T) {
+	boom := errors.New("collection cursor reset")
+	dumpErr, restoreErr, _ := move(t, context.Background(),
+		parallelDumper{n: 20, par: 4, size: 200 << 10, abort: boom}, checkingRestorer{size: 200 << 10})
+	if !errors.Is(dumpErr, boom) {
 		t.Fatalf("dump: %v", dumpErr)
 	}
 	if !errors.Is(restoreErr, boom) || !errors.Is(restoreErr, snapshot.ErrPipeClosed) {

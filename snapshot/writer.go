@@ -349,6 +349,12 @@ func (o *objectWriter) Close() error {
 	return o.closeError
 }
 
+// CloseWithError aborts the stream: see Abort.
+func (o *objectWriter) CloseWithError(error) error {
+	o.abort()
+	return nil
+}
+
 // abort cancels the upload so that nothing is committed, then releases it.
 func (o *objectWriter) abort() {
 	o.closeOnce.Do(func() {

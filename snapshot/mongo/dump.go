@@ -45,7 +45,7 @@ type Dumper struct {
 }
 
 // Dump implements snapshot.Dumper. On error, the streams in progress are
-// left unclosed, so the pipeline aborts them.
+// aborted (snapshot.Abort).
 func (d *Dumper) Dump(ctx context.Context, out snapshot.StreamWriter) (snapshot.Stats, error) {
 	stats := newStats()
 	stats["consistency_none"] = 0
@@ -237,18 +237,22 @@ func dumpCollection(ctx context.Context, client *mongo.Client, out snapshot.Stre
 }
 
 // writeStream creates the stream name, writes it with fn through a buffer
-// and closes it. On error the stream is left unclosed, to be aborted.
+// and closes it. On error the stream is aborted (snapshot.Abort).
 func writeStream(out snapshot.StreamWriter, name string, fn func(w io.Writer) error) error {
 	w, err := out.Create(name)
 	if err != nil {
 		return fmt.Errorf("mongo: create stream %s: %w", name, err)
 	}
 	bw := bufio.NewWriterSize(w, bufSize)
-	if err := fn(bw); err != nil {
-		return err
+	err = fn(bw)
+	if err == nil {
+		if err = bw.Flush(); err != nil {
+			err = fmt.Errorf("mongo: write %s: %w", name, err)
+		}
 	}
-	if err := bw.Flush(); err != nil {
-		return fmt.Errorf("mongo: write %s: %w", name, err)
+	if err != nil {
+		snapshot.Abort(w, err)
+		return err
 	}
 	if err := w.Close(); err != nil {
 		return fmt.Errorf("mongo: close %s: %w", name, err)

@@ -36,7 +36,7 @@ type Dumper struct {
 // Dump implements snapshot.Dumper. Its stats are tables, rows, bytes (of
 // row data), sequences, and per table rows:<schema>.<table> and
 // bytes:<schema>.<table> (names escaped as in stream names). On error the
-// stream being written is left unclosed, so the pipeline aborts it.
+// streams being written are aborted (snapshot.Abort).
 func (d *Dumper) Dump(ctx context.Context, out snapshot.StreamWriter) (snapshot.Stats, error) {
 	log := logger(d.Log)
 	stats := snapshot.Stats{"tables": 0, "rows": 0, "bytes": 0, "sequences": 0}
@@ -284,15 +284,18 @@ func writeStream(out snapshot.StreamWriter, name string, fn func(io.Writer) erro
 }
 
 // finishStream writes the stream w, called name, with fn through a buffer
-// and closes it. On error the stream is left unclosed, so that the pipeline
-// aborts it.
+// and closes it. On error the stream is aborted (snapshot.Abort).
 func finishStream(w io.WriteCloser, name string, fn func(io.Writer) error) error {
 	bw := bufio.NewWriterSize(w, copyBufSize)
-	if err := fn(bw); err != nil {
-		return err
+	err := fn(bw)
+	if err == nil {
+		if err = bw.Flush(); err != nil {
+			err = fmt.Errorf("postgres: write %s: %w", name, err)
+		}
 	}
-	if err := bw.Flush(); err != nil {
-		return fmt.Errorf("postgres: write %s: %w", name, err)
+	if err != nil {
+		snapshot.Abort(w, err)
+		return err
 	}
 	if err := w.Close(); err != nil {
 		return fmt.Errorf("postgres: close %s: %w", name, err)
