@@ -2,7 +2,8 @@
 // (versitygw), a GCS emulator (fake-gcs-server), an Azure Blob emulator
 // (Azurite), Redis, PostgreSQL and a MongoDB wire-protocol server (FerretDB).
 //
-// It is imported only by _test.go files. The server binaries are built once
+// It is imported by _test.go files and by the demo (internal/demomigrate,
+// through Standalone), never by stackport itself. The server binaries are built once
 // by internal/lab/install.sh into Dir(); Redis and PostgreSQL 15 come from
 // Debian packages.
 //
