@@ -45,6 +45,9 @@ type Repo struct {
 	// dir is the folder of a file:// repository (with its prefix), whose
 	// emptied snapshot folders Delete removes; "" for other schemes.
 	dir string
+	// abortByReader: an upload is aborted by failing its reader, with its
+	// context still alive (s3://; see NewWriter).
+	abortByReader bool
 }
 
 // Options control Open.
@@ -91,7 +94,7 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Repo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage: repository %s: %s", name, oneLine(err))
 	}
-	r := &Repo{bucket: b, name: name}
+	r := &Repo{bucket: b, name: name, abortByReader: u.Scheme == "s3"}
 	if u.Scheme == "file" {
 		r.dir = filepath.Join(u.Path, filepath.FromSlash(u.Query().Get("prefix")))
 	}
@@ -141,21 +144,44 @@ func (r *Repo) Close() error { return r.bucket.Close() }
 func objectKey(id, key string) string { return snapshotsDir + id + "/" + key }
 
 // NewWriter returns a writer for object key of snapshot id. The object is
-// committed by Close; cancelling ctx before Close aborts it.
+// committed by Close; cancelling ctx before Close aborts it, and its error
+// then wraps ctx's.
 //
 // The bytes go through an io.Pipe into one Bucket.Upload call, the single
 // write that every driver supports best. (It also avoids gocloud v0.47's
 // azureblob writer, which dereferences a nil pipe when an upload written
 // with Write fails.)
+//
+// An S3 upload is not handed ctx itself: the SDK aborts a multipart
+// upload with the context of the upload, so a cancelled one would stay
+// behind, its parts stored (and billed) out of sight. Instead, when ctx
+// ends, the upload's reader fails, the SDK aborts the multipart upload
+// with a live context, and only after abortGrace is the upload's context
+// cancelled too. (A failing reader would not do for the other drivers:
+// gocloud commits what a non-S3 driver read before the reader failed, and
+// only a cancelled context aborts those.)
 func (r *Repo) NewWriter(ctx context.Context, id, key string) (io.WriteCloser, error) {
 	k := objectKey(id, key)
 	pr, pw := io.Pipe()
 	w := &writer{ctx: ctx, pw: pw, r: r, key: k, done: make(chan struct{})}
+	uctx, release := ctx, func() {}
+	if r.abortByReader {
+		var cancel context.CancelFunc
+		uctx, cancel = context.WithCancel(context.WithoutCancel(ctx))
+		stop := context.AfterFunc(ctx, func() {
+			pw.CloseWithError(ctx.Err())
+			time.AfterFunc(abortGrace, cancel)
+		})
+		release = func() { stop(); cancel() }
+	}
 	go func() {
 		defer close(w.done)
-		w.err = r.bucket.Upload(ctx, k, pr, &blob.WriterOptions{ContentType: "application/octet-stream"})
-		if w.err == nil && ctx.Err() != nil {
-			w.err = ctx.Err()
+		w.err = r.bucket.Upload(uctx, k, pr, &blob.WriterOptions{ContentType: "application/octet-stream"})
+		release()
+		if err := ctx.Err(); err != nil {
+			// Cancelled: that is the cause, whatever the driver
+			// made of it (also when the upload got through).
+			w.err = err
 		}
 		if w.err != nil {
 			pr.CloseWithError(r.wrap(k, w.err))
@@ -165,6 +191,10 @@ func (r *Repo) NewWriter(ctx context.Context, id, key string) (io.WriteCloser, e
 	}()
 	return w, nil
 }
+
+// abortGrace bounds how long an S3 upload may take to abort after its
+// context ended.
+const abortGrace = 30 * time.Second
 
 type writer struct {
 	ctx  context.Context
