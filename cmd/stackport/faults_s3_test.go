@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"gocloud.dev/blob"
 
 	"github.com/stackport/stackport/internal/faultproxy"
@@ -33,6 +34,30 @@ func checkNoObjects(t *testing.T, bucketURL, id string) {
 	obj, err := it.Next(context.Background())
 	if err == nil {
 		t.Fatalf("the failed snapshot left %s behind", obj.Key)
+	}
+}
+
+// checkNoUploads checks that an S3 bucket holds no multipart upload that
+// was begun and neither completed nor aborted (its parts would be stored,
+// and billed, out of sight). Other buckets pass.
+func checkNoUploads(t *testing.T, bucketURL string) {
+	t.Helper()
+	b, err := blob.OpenBucket(context.Background(), bucketURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	var c *s3.Client
+	if !b.As(&c) {
+		return
+	}
+	name := strings.TrimPrefix(strings.SplitN(bucketURL, "?", 2)[0], "s3://")
+	out, err := c.ListMultipartUploads(context.Background(), &s3.ListMultipartUploadsInput{Bucket: &name})
+	if err != nil {
+		t.Fatalf("list multipart uploads: %v", err)
+	}
+	for _, u := range out.Uploads {
+		t.Errorf("multipart upload of %s (begun %v) left behind", *u.Key, u.Initiated)
 	}
 }
 
@@ -78,6 +103,7 @@ func checkFailedSnapshotBlob(t *testing.T, ctx context.Context, e *testEnv, err 
 		t.Fatalf("the error does not name the failed snapshot: %v", err)
 	}
 	checkNoObjects(t, b.direct, m[1])
+	checkNoUploads(t, b.direct)
 }
 
 // TestFaultS3 runs the bucket fault suite against versitygw.
