@@ -37,13 +37,16 @@ fuzz:
 demo: build lab
 	GO=$(GO) internal/demo.sh $(BIN)
 
-# bench compares stackport with tar | zstd on the same generated tree.
-# BENCH_SIZE_MIB sets the tree size (default 1024).
+# bench compares stackport with the stock tools (tar | zstd, redis-cli --rdb,
+# pg_dump/pg_restore) on the same data and ends with one summary table:
+# operation, data size, throughput, throughput ÷ the stock tool's, peak RSS.
+# BENCH_SIZE_MIB sets the volume tree size (default 1024 and 4096).
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./cmd/stackport/
 
 # soak takes 50 snapshots of all four components under write load, with
-# prune between them, and checks that memory and file descriptors stay flat.
+# prune between them, checks that memory and file descriptors stay flat, and
+# ends with the same summary table as bench (per operation).
 soak: lab
 	STACKPORT_SOAK=1 $(GO) test -count=1 -run '^TestSoak$$' -v -timeout 30m ./cmd/stackport/
 

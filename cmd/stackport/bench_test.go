@@ -4,13 +4,17 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"text/tabwriter"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -18,6 +22,77 @@ import (
 
 	"github.com/stackport/stackport/internal/lab"
 )
+
+// TestMain runs the package's tests and benchmarks, then prints the summary
+// table of what the benchmarks and the soak test recorded (nothing when
+// they did not run).
+func TestMain(m *testing.M) {
+	code := m.Run()
+	printSummary(os.Stdout)
+	os.Exit(code)
+}
+
+// summaryRow is one line of the table that `make bench` and `make soak`
+// print at the end.
+type summaryRow struct {
+	op    string  // the stackport command, e.g. "snapshot --volume"
+	data  string  // what it moved, e.g. "1024 MiB mixed tree"
+	rate  string  // stackport's throughput, e.g. "85.1 MiB/s" or "117k keys/s"
+	stock string  // the stock tool compared with, "" for none
+	ratio float64 // stackport's throughput ÷ the stock tool's (its time ÷ ours); 0: none
+	rss   int64   // stackport's peak RSS in bytes
+}
+
+var benchSummary struct {
+	mu   sync.Mutex
+	rows []summaryRow
+}
+
+// addSummary records a row for the summary table.
+func addSummary(r summaryRow) {
+	benchSummary.mu.Lock()
+	benchSummary.rows = append(benchSummary.rows, r)
+	benchSummary.mu.Unlock()
+}
+
+// printSummary writes the summary table, if any row was recorded.
+func printSummary(w io.Writer) {
+	benchSummary.mu.Lock()
+	defer benchSummary.mu.Unlock()
+	if len(benchSummary.rows) == 0 {
+		return
+	}
+	host, _ := os.Hostname()
+	fmt.Fprintf(w, "\nstackport summary: %s, %s, %s/%s, %d CPUs, %s; throughput ÷ stock > 1: stackport is faster\n",
+		time.Now().UTC().Format("2006-01-02"), host, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version())
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "operation\tdata\tthroughput\tstock tool\tthroughput ÷ stock\tpeak RSS")
+	for _, r := range benchSummary.rows {
+		stock, ratio := "—", "—"
+		if r.stock != "" {
+			stock = r.stock
+		}
+		if r.ratio > 0 {
+			ratio = fmt.Sprintf("%.2f", r.ratio)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.op, r.data, r.rate, stock, ratio, humanBytes(r.rss))
+	}
+	tw.Flush()
+}
+
+// mibPerSec formats bytes moved in d as MiB/s.
+func mibPerSec(bytes int64, d time.Duration) string {
+	return fmt.Sprintf("%.1f MiB/s", float64(bytes)/(1<<20)/d.Seconds())
+}
+
+// perSec formats a count of things moved in d, e.g. "117k keys/s".
+func perSec(n float64, what string, d time.Duration) string {
+	r := n / d.Seconds()
+	if r >= 10000 {
+		return fmt.Sprintf("%.0fk %s/s", r/1000, what)
+	}
+	return fmt.Sprintf("%.0f %s/s", r, what)
+}
 
 // BenchmarkVolume compares stackport with the stock tools on the same
 // generated tree, in the same run: snapshot against tar | zstd -3 -T0, restore
@@ -44,15 +119,16 @@ func BenchmarkVolume(b *testing.B) {
 			work := b.TempDir()
 			tree := filepath.Join(work, "tree")
 			genTree(b, tree, int64(mib)<<20)
+			size := dirSize(b, tree) // the small files alone are ~34 MiB
 			b.ResetTimer()
 			for range b.N {
-				benchOnce(b, bin, work, tree)
+				benchOnce(b, bin, work, tree, size)
 			}
 		})
 	}
 }
 
-func benchOnce(b *testing.B, bin, work, tree string) {
+func benchOnce(b *testing.B, bin, work, tree string, size int64) {
 	repo := filepath.Join(work, "repo")
 	archive := filepath.Join(work, "stock.tar.zst")
 	clean := func(paths ...string) {
@@ -84,6 +160,11 @@ func benchOnce(b *testing.B, bin, work, tree string) {
 	b.ReportMetric(float64(snapRSS)/(1<<20), "snapshot-peak-RSS-MiB")
 	b.ReportMetric(spRestore.Seconds()/stockRestore.Seconds(), "restore-time/stock")
 	b.ReportMetric(float64(restoreRSS)/(1<<20), "restore-peak-RSS-MiB")
+	data := humanBytes(size) + " mixed tree"
+	addSummary(summaryRow{op: "snapshot --volume", data: data, rate: mibPerSec(size, spSnap),
+		stock: "tar | zstd -3 -T0", ratio: stockSnap.Seconds() / spSnap.Seconds(), rss: snapRSS})
+	addSummary(summaryRow{op: "restore --volume-to", data: data, rate: mibPerSec(size, spRestore),
+		stock: "zstd -d | tar -x", ratio: stockRestore.Seconds() / spRestore.Seconds(), rss: restoreRSS})
 }
 
 // run times a command and returns its peak RSS in bytes.
@@ -246,6 +327,10 @@ func BenchmarkRedis(b *testing.B) {
 		b.ReportMetric(n/restore.Seconds(), "restore-keys/s")
 		b.ReportMetric(float64(dumpRSS)/(1<<20), "dump-peak-RSS-MiB")
 		b.ReportMetric(float64(restoreRSS)/(1<<20), "restore-peak-RSS-MiB")
+		data := fmt.Sprintf("%d small keys + a 100 MB string + a 1M-field hash", keys)
+		addSummary(summaryRow{op: "snapshot --redis", data: data, rate: perSec(n, "keys", dump),
+			stock: "redis-cli --rdb", ratio: stock.Seconds() / dump.Seconds(), rss: dumpRSS})
+		addSummary(summaryRow{op: "restore --redis-to", data: data, rate: perSec(n, "keys", restore), rss: restoreRSS})
 	}
 }
 
@@ -292,6 +377,9 @@ func BenchmarkMongo(b *testing.B) {
 			b.ReportMetric(float64(m.rss)/(1<<20), name+"-peak-RSS-MiB")
 			b.ReportMetric(m.cpu.Seconds()/m.wall.Seconds(), name+"-stackport-cpu/wall")
 		}
+		data := fmt.Sprintf("%d documents of ~1 KB", docs)
+		addSummary(summaryRow{op: "snapshot --mongo", data: data, rate: perSec(float64(docs), "docs", dump.wall), rss: dump.rss})
+		addSummary(summaryRow{op: "restore --mongo-to", data: data, rate: perSec(float64(docs), "docs", restore.wall), rss: restore.rss})
 	}
 }
 
@@ -325,5 +413,11 @@ func BenchmarkPostgres(b *testing.B) {
 		b.ReportMetric(rest.wall.Seconds()/restore.wall.Seconds(), "restore-time/pg_restore")
 		b.ReportMetric((snap.wall+rest.wall).Seconds()/(dump.wall+restore.wall).Seconds(), "total-time/stock")
 		b.ReportMetric(float64(max(snap.rss, rest.rss))/(1<<20), "peak-RSS-MiB")
+		data := "pgbench -i -s " + scale
+		stored := dirSize(b, filepath.Join(work, "repo"))
+		addSummary(summaryRow{op: "snapshot --postgres", data: data, rate: mibPerSec(stored, snap.wall) + " stored",
+			stock: "pg_dump -Fd -j 2", ratio: dump.wall.Seconds() / snap.wall.Seconds(), rss: snap.rss})
+		addSummary(summaryRow{op: "restore --postgres-to", data: data, rate: mibPerSec(stored, rest.wall) + " stored",
+			stock: "pg_restore -j 2", ratio: restore.wall.Seconds() / rest.wall.Seconds(), rss: rest.rss})
 	}
 }

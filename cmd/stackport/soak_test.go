@@ -176,6 +176,17 @@ func TestSoak(t *testing.T) {
 	fmt.Fprintf(&tbl, "after run %d / run %d: heap in use %s / %s (margin %s), open fds %d / %d, goroutines %d / %d; the writer made %d rounds of changes\n",
 		baseline, runs, humanBytes(b.heap), humanBytes(l.heap), humanBytes(heapMargin), b.fds, l.fds, b.goroutines, l.goroutines, w.rounds())
 	t.Logf("soak summary (%d runs, %s, %d CPUs):\n%s", runs, runtime.Version(), runtime.NumCPU(), tbl.String())
+	// The rows of the table printed at the end (see TestMain); the peak
+	// RSS is the test process's, which runs the commands in process.
+	for _, op := range m.order {
+		s := m.ops[op]
+		rate := "—"
+		if s.bytes > 0 {
+			rate = mibPerSec(s.bytes, s.time)
+		}
+		addSummary(summaryRow{op: "soak: " + op, data: fmt.Sprintf("%s × %d runs", humanBytes(s.bytes/int64(s.runs)), s.runs),
+			rate: rate, rss: s.peakRSS})
+	}
 
 	if l.heap > b.heap+heapMargin {
 		t.Errorf("the heap grew from %s after run %d to %s after run %d", humanBytes(b.heap), baseline, humanBytes(l.heap), runs)
@@ -223,6 +234,7 @@ type soakOp struct {
 	bytes    int64
 	time     time.Duration
 	peakHeap int64
+	peakRSS  int64 // of the process, sampled
 	maxFDs   int64
 }
 
@@ -236,11 +248,12 @@ func (m *soakMeter) measure(op string, f func() (bytes int64)) {
 		m.order = append(m.order, op)
 	}
 	runtime.GC() // so that the peak is this operation's, not earlier garbage
-	var peak int64
+	var peak, peakRSS int64
 	sampleHeap := func() {
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
 		peak = max(peak, int64(ms.HeapInuse))
+		peakRSS = max(peakRSS, processRSS())
 	}
 	stop := make(chan struct{})
 	done := make(chan struct{})
@@ -267,8 +280,25 @@ func (m *soakMeter) measure(op string, f func() (bytes int64)) {
 	s.bytes += n
 	s.time += took
 	s.peakHeap = max(s.peakHeap, peak)
+	s.peakRSS = max(s.peakRSS, peakRSS)
 	fds, _ := os.ReadDir("/proc/self/fd")
 	s.maxFDs = max(s.maxFDs, int64(len(fds)))
+}
+
+// processRSS returns the process's resident set size in bytes (VmRSS), or
+// 0 where /proc does not tell.
+func processRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kib, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kib << 10
+		}
+	}
+	return 0
 }
 
 // soakWriter changes a volume, Redis, PostgreSQL and MongoDB in a loop.
