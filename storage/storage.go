@@ -205,7 +205,15 @@ type writer struct {
 	err  error // of the upload; read after done is closed
 }
 
-func (w *writer) Write(p []byte) (int, error) { return w.pw.Write(p) }
+// Write passes p on to the upload. After ctx ended its error wraps ctx's;
+// after the upload failed, it is the upload's.
+func (w *writer) Write(p []byte) (int, error) {
+	n, err := w.pw.Write(p)
+	if err != nil && w.ctx.Err() != nil {
+		err = w.r.wrap(w.key, w.ctx.Err())
+	}
+	return n, err
+}
 
 // Close ends the stream and waits for the upload. After ctx was cancelled the
 // reader sees an error instead of the end of the data, so no driver can

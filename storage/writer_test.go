@@ -39,6 +39,9 @@ func TestCancelledUpload(t *testing.T) {
 			cancel()
 			for range 12 {
 				if _, err := w.Write(chunk); err != nil {
+					if !errors.Is(err, context.Canceled) {
+						t.Fatalf("a write after the cancel: %v, want context.Canceled", err)
+					}
 					break
 				}
 			}

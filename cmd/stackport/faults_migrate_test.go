@@ -4,7 +4,10 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
 
 	"github.com/stackport/stackport/internal/faultproxy"
 	"github.com/stackport/stackport/internal/lab"
@@ -20,7 +23,7 @@ import (
 func TestFaultMigrate(t *testing.T) {
 	src, srcURL := lab.Mongo(t)
 	dst, dstURL := lab.Mongo(t)
-	size := seedMongoFaults(t, srcURL)
+	size := seedMongoSmall(t, srcURL)
 	target := lab.MongoClient(t, dstURL)
 
 	for _, c := range []struct {
@@ -117,4 +120,26 @@ func comp(res migrateResult, kind string) migrateComponent {
 		}
 	}
 	return migrateComponent{}
+}
+
+// seedMongoSmall writes 3 collections of 1,000 documents of about 330
+// bytes into the appsmith database and returns the bytes of BSON written.
+func seedMongoSmall(t *testing.T, uri string) int64 {
+	t.Helper()
+	db := lab.MongoClient(t, uri).Database("appsmith")
+	body := strings.Repeat("appsmith ", 32)
+	var total int64
+	for _, coll := range []string{"newPage", "newAction", "user"} {
+		var docs []any
+		for i := range 1000 {
+			d := bson.D{{Key: "_id", Value: bson.NewObjectID()}, {Key: "n", Value: int32(i)}, {Key: "body", Value: body}}
+			raw, _ := bson.Marshal(d)
+			total += int64(len(raw))
+			docs = append(docs, d)
+		}
+		if _, err := db.Collection(coll).InsertMany(context.Background(), docs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return total
 }

@@ -180,12 +180,12 @@ func TestSoak(t *testing.T) {
 	// RSS is the test process's, which runs the commands in process.
 	for _, op := range m.order {
 		s := m.ops[op]
-		rate := "—"
+		data, rate := fmt.Sprintf("%d runs", s.runs), "—"
 		if s.bytes > 0 {
+			data = fmt.Sprintf("%s × %d runs", humanBytes(s.bytes/int64(s.runs)), s.runs)
 			rate = mibPerSec(s.bytes, s.time)
 		}
-		addSummary(summaryRow{op: "soak: " + op, data: fmt.Sprintf("%s × %d runs", humanBytes(s.bytes/int64(s.runs)), s.runs),
-			rate: rate, rss: s.peakRSS})
+		addSummary(summaryRow{op: "soak: " + op, data: data, rate: rate, rss: s.peakRSS})
 	}
 
 	if l.heap > b.heap+heapMargin {
