@@ -29,8 +29,9 @@ import (
 const (
 	readAttempts = 5
 	// readBackoff is the wait before the first retry, doubled for every
-	// further one in a row, up to readBackoffMax (so 5 attempts wait about
-	// 3 s in all).
+	// further one in a row, up to readBackoffMax (so 5 attempts wait 1.5 s
+	// in all, plus the time the SDK's own retries of each request take:
+	// S3 gives up after about 10 s of an outage).
 	readBackoff    = 100 * time.Millisecond
 	readBackoffMax = 2 * time.Second
 )
@@ -173,7 +174,8 @@ func (rd *reader) failed(err error) error {
 }
 
 // Read reads the object's bytes, resuming after transient failures. It
-// returns io.EOF only after as many bytes as the object holds.
+// returns io.EOF only after as many bytes as the object holds (when the
+// service reported its size).
 func (rd *reader) Read(p []byte) (int, error) {
 	if rd.err != nil {
 		return 0, rd.err
@@ -182,7 +184,7 @@ func (rd *reader) Read(p []byte) (int, error) {
 		return 0, nil
 	}
 	for {
-		if rd.off >= rd.first.size {
+		if rd.first.size > 0 && rd.off >= rd.first.size {
 			// Everything was read (a failure after the last byte
 			// loses nothing); a range read from the end would be
 			// refused.
@@ -200,7 +202,7 @@ func (rd *reader) Read(p []byte) (int, error) {
 		if n > 0 {
 			rd.fails = 0
 		}
-		if err == io.EOF && rd.off < rd.first.size {
+		if err == io.EOF && rd.first.size > 0 && rd.off < rd.first.size {
 			// The body ended before the object did.
 			err = io.ErrUnexpectedEOF
 		}
