@@ -8,7 +8,6 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -372,7 +371,7 @@ func serverVersion(ctx context.Context, client *mongo.Client) string {
 // ones block it with Strict.
 func (c Mongo) planCompat(ctx context.Context, f *Finding, src, dst *mongo.Client) {
 	flavor, version, how := c.Flavor, "", "set"
-	detected, dversion, err := detectFlavor(ctx, dst, c.Target)
+	detected, dversion, err := mongosnap.DetectFlavor(ctx, dst, c.Target)
 	switch {
 	case err != nil && flavor == "":
 		f.block("target: cannot tell its flavor: %v (set it with --mongo-flavor)", err)
@@ -450,97 +449,4 @@ func (c Mongo) planCompat(ctx context.Context, f *Finding, src, dst *mongo.Clien
 	}
 	f.note("compatibility with %s %s: of the collections, views, options and indexes, %d as they are, %d adapted, %d skipped, %d refused",
 		flavor, version, verdicts[mongosnap.AsIs], verdicts[mongosnap.Adapted], verdicts[mongosnap.Skipped], verdicts[mongosnap.Refused])
-}
-
-// Host names of managed services, as snapshot/mongo recognises them
-// (after mongodb-js/mongodb-build-info): Atlas *.mongodb.net, DocumentDB
-// *.docdb.amazonaws.com and *.docdb-elastic.amazonaws.com.
-var (
-	atlasHost      = regexp.MustCompile(`(?i)\.mongodb(-dev|-qa|-stage)?\.net\.?$`)
-	documentDBHost = regexp.MustCompile(`(?i)docdb(-elastic)?\.amazonaws\.com(\.cn)?\.?$`)
-)
-
-// detectFlavor tells what the server behind client (reached with uri) is,
-// by the rules of mongo.Restorer, which does not export them: FerretDB by
-// buildInfo, DocumentDB and Atlas by the host names of the URI and of
-// hello, MongoDB otherwise. The version is buildInfo's (FerretDB's own for
-// FerretDB).
-func detectFlavor(ctx context.Context, client *mongo.Client, uri string) (mongosnap.Flavor, string, error) {
-	admin := client.Database("admin")
-	var hello, info bson.Raw
-	if err := admin.RunCommand(ctx, bson.D{{Key: "hello", Value: 1}}).Decode(&hello); err != nil {
-		return "", "", fmt.Errorf("hello: %w", err)
-	}
-	if err := admin.RunCommand(ctx, bson.D{{Key: "buildInfo", Value: 1}}).Decode(&info); err != nil {
-		return "", "", fmt.Errorf("buildInfo: %w", err)
-	}
-	version, _ := info.Lookup("version").StringValueOK()
-	for _, key := range []string{"ferretdbVersion", "ferretdb"} {
-		v := info.Lookup(key)
-		if v.Type == 0 {
-			continue
-		}
-		if s, ok := v.StringValueOK(); ok {
-			return mongosnap.FlavorFerretDB, s, nil
-		}
-		if d, ok := v.DocumentOK(); ok {
-			s, _ := d.Lookup("version").StringValueOK()
-			return mongosnap.FlavorFerretDB, s, nil
-		}
-		return mongosnap.FlavorFerretDB, "", nil
-	}
-	hosts := uriHosts(uri)
-	for _, key := range []string{"hosts", "passives", "arbiters"} {
-		if arr, ok := hello.Lookup(key).ArrayOK(); ok {
-			vals, _ := arr.Values()
-			for _, v := range vals {
-				if h, ok := v.StringValueOK(); ok {
-					hosts = append(hosts, hostName(h))
-				}
-			}
-		}
-	}
-	for _, key := range []string{"me", "primary"} {
-		if h, ok := hello.Lookup(key).StringValueOK(); ok {
-			hosts = append(hosts, hostName(h))
-		}
-	}
-	if slices.ContainsFunc(hosts, documentDBHost.MatchString) {
-		return mongosnap.FlavorDocumentDB, version, nil
-	}
-	if slices.ContainsFunc(hosts, atlasHost.MatchString) {
-		return mongosnap.FlavorAtlas, version, nil
-	}
-	return mongosnap.FlavorMongoDB, version, nil
-}
-
-// uriHosts returns the host names of a connection string, without ports.
-func uriHosts(uri string) []string {
-	_, rest, ok := strings.Cut(uri, "://")
-	if !ok {
-		return nil
-	}
-	if i := strings.IndexAny(rest, "/?"); i >= 0 {
-		rest = rest[:i]
-	}
-	if at := strings.LastIndexByte(rest, '@'); at >= 0 {
-		rest = rest[at+1:]
-	}
-	var out []string
-	for _, h := range strings.Split(rest, ",") {
-		if h != "" {
-			out = append(out, hostName(h))
-		}
-	}
-	return out
-}
-
-// hostName strips the port (and IPv6 brackets) from host:port.
-func hostName(host string) string {
-	if strings.HasPrefix(host, "[") {
-		h, _, _ := strings.Cut(host[1:], "]")
-		return h
-	}
-	h, _, _ := strings.Cut(host, ":")
-	return h
 }

@@ -48,7 +48,7 @@ func TestLabCompatibility(t *testing.T) {
 	_, uri := lab.Mongo(t)
 	client := connectT(t, uri)
 
-	f, v, err := detectFlavor(ctx, client, uri)
+	f, v, err := DetectFlavor(ctx, client, uri)
 	if err != nil || f != FlavorFerretDB || v != "v1.24.2" {
 		t.Fatalf("detectFlavor = %s %q, %v; want ferretdb v1.24.2", f, v, err)
 	}

@@ -57,13 +57,13 @@ var (
 	documentDBHost = regexp.MustCompile(`(?i)docdb(-elastic)?\.amazonaws\.com(\.cn)?\.?$`)
 )
 
-// detectFlavor asks the server behind client (reached with uri) what it is:
+// DetectFlavor asks the server behind client (reached with uri) what it is:
 // FerretDB says so in buildInfo (ferretdbVersion in 1.x, ferretdb in 2.x),
 // DocumentDB and Atlas are recognised by their host names, in the URI or in
 // hello's host list (a DocumentDB cluster reached through a tunnel still
 // lists its own names). The version is buildInfo's (FerretDB's own version
 // for FerretDB, which reports a MongoDB version too).
-func detectFlavor(ctx context.Context, client *mongo.Client, uri string) (Flavor, string, error) {
+func DetectFlavor(ctx context.Context, client *mongo.Client, uri string) (Flavor, string, error) {
 	admin := client.Database("admin")
 	var hello, info bson.Raw
 	if err := admin.RunCommand(ctx, bson.D{{Key: "hello", Value: 1}}).Decode(&hello); err != nil {

@@ -147,7 +147,7 @@ func (r *Restorer) connectTarget(ctx context.Context, forced Flavor) (*mongo.Cli
 	if err != nil {
 		return nil, "", "", err
 	}
-	detected, version, err := detectFlavor(ctx, client, uri)
+	detected, version, err := DetectFlavor(ctx, client, uri)
 	flavor := forced
 	switch {
 	case err != nil && flavor == "":
