@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"log/slog"
 	"sync"
 	"testing"
 
@@ -97,12 +98,15 @@ type Stream struct {
 	EndErr error
 }
 
-// Reader is an in-memory snapshot.StreamReader. It checks that the
-// caller closes each stream before asking for the next one.
+// Reader is an in-memory snapshot.StreamReader. As the contract allows,
+// the caller may hold several streams at once and read them on several
+// goroutines; AllRead and AllClosed tell whether it finished with them.
 type Reader struct {
 	Streams []Stream
-	next    int
-	opened  []*content
+
+	mu     sync.Mutex
+	next   int
+	opened []*content
 }
 
 // One returns a StreamReader with one stream.
@@ -111,20 +115,27 @@ func One(name string, data []byte, endErr error) *Reader {
 }
 
 func (r *Reader) Next() (string, io.ReadCloser, error) {
-	if n := len(r.opened); n > 0 && !r.opened[n-1].closed {
-		return "", nil, fmt.Errorf("Next called before the previous stream was closed")
-	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.next >= len(r.Streams) {
 		return "", nil, io.EOF
 	}
 	s := r.Streams[r.next]
 	r.next++
-	c := &content{r: bytes.NewReader(s.Data), endErr: s.EndErr}
+	c := &content{mu: &r.mu, r: bytes.NewReader(s.Data), endErr: s.EndErr}
 	r.opened = append(r.opened, c)
 	return s.Name, c, nil
 }
 
+// Remaining returns the streams not handed out yet.
+func (r *Reader) Remaining() []Stream {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.Streams[r.next:]
+}
+
 type content struct {
+	mu     *sync.Mutex // the Reader's: guards eof and closed
 	r      *bytes.Reader
 	endErr error
 	eof    bool // read to the end
@@ -132,12 +143,17 @@ type content struct {
 }
 
 func (c *content) Read(p []byte) (int, error) {
-	if c.closed {
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
 		return 0, fmt.Errorf("read after close")
 	}
 	n, err := c.r.Read(p)
 	if err == io.EOF {
+		c.mu.Lock()
 		c.eof = true
+		c.mu.Unlock()
 		if c.endErr != nil {
 			return n, c.endErr
 		}
@@ -146,6 +162,8 @@ func (c *content) Read(p []byte) (int, error) {
 }
 
 func (c *content) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.closed = true
 	return nil
 }
@@ -174,6 +192,8 @@ func (r *Reader) Edit(t testing.TB, name string, f func([]byte) []byte) *Reader 
 // AllRead reports whether every stream was opened, read to its end and
 // closed.
 func (r *Reader) AllRead() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if len(r.opened) != len(r.Streams) {
 		return false
 	}
@@ -183,6 +203,41 @@ func (r *Reader) AllRead() bool {
 		}
 	}
 	return true
+}
+
+// AllClosed reports whether every stream handed out was closed.
+func (r *Reader) AllClosed() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range r.opened {
+		if !c.closed {
+			return false
+		}
+	}
+	return true
+}
+
+// LogBuffer collects what a logger writes; it is safe for concurrent use.
+type LogBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Logger returns a debug-level text logger that writes into b.
+func (b *LogBuffer) Logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func (b *LogBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *LogBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 var (

@@ -4,10 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,26 +14,6 @@ import (
 	"github.com/stackport/stackport/internal/lab"
 	"github.com/stackport/stackport/internal/streamtest"
 )
-
-// logBuffer collects the lines of a logger.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *logBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
 
 // TestLabCompatibility restores, into FerretDB (detected as such), a
 // snapshot written without a server whose metadata has what FerretDB lacks:
@@ -81,8 +59,8 @@ func TestLabCompatibility(t *testing.T) {
 	}
 
 	t.Run("strict refuses before writing", func(t *testing.T) {
-		var log logBuffer
-		_, err := (&Restorer{URI: uri, Strict: true, Log: log.logger()}).Restore(ctx, store.Reader())
+		var log streamtest.LogBuffer
+		_, err := (&Restorer{URI: uri, Strict: true, Log: log.Logger()}).Restore(ctx, store.Reader())
 		if !errors.Is(err, ErrIncompatible) {
 			t.Fatalf("err = %v, want ErrIncompatible", err)
 		}
@@ -112,9 +90,9 @@ func TestLabCompatibility(t *testing.T) {
 	})
 
 	t.Run("adapt and skip", func(t *testing.T) {
-		var log logBuffer
+		var log streamtest.LogBuffer
 		r := store.Reader()
-		stats, err := (&Restorer{URI: uri, Log: log.logger()}).Restore(ctx, r)
+		stats, err := (&Restorer{URI: uri, Log: log.Logger()}).Restore(ctx, r)
 		if err != nil {
 			t.Fatalf("%v\n%s", err, log.String())
 		}
@@ -157,8 +135,8 @@ func TestLabCompatibility(t *testing.T) {
 	t.Run("forced flavor", func(t *testing.T) {
 		// Forced to mongodb, the restore keeps the collation and FerretDB
 		// refuses it, with its own message.
-		var log logBuffer
-		_, err := (&Restorer{URI: uri, Flavor: FlavorMongoDB, NSFrom: "app", NSTo: "app_forced", Log: log.logger()}).Restore(ctx, store.Reader())
+		var log streamtest.LogBuffer
+		_, err := (&Restorer{URI: uri, Flavor: FlavorMongoDB, NSFrom: "app", NSTo: "app_forced", Log: log.Logger()}).Restore(ctx, store.Reader())
 		if err == nil || !strings.Contains(err.Error(), "create collection app_forced.names") || !strings.Contains(err.Error(), "NotImplemented") {
 			t.Errorf("err = %v, want FerretDB's refusal of the collation", err)
 		}

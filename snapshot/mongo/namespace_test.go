@@ -45,8 +45,8 @@ func TestCreateAfterLateWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var log logBuffer
-	if _, err := (&Restorer{URI: dstURI, Drop: true, Log: log.logger(), Starting: late}).Restore(ctx, store.Reader()); err != nil {
+	var log streamtest.LogBuffer
+	if _, err := (&Restorer{URI: dstURI, Drop: true, Log: log.Logger(), Starting: late}).Restore(ctx, store.Reader()); err != nil {
 		t.Fatalf("with Drop: %v", err)
 	}
 	if !strings.Contains(log.String(), "a collection that was dropped exists again") {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -17,53 +16,43 @@ import (
 	"github.com/stackport/stackport/snapshot"
 )
 
-// heldReader is a snapshot.StreamReader over the streams of a
-// streamtest.Reader that lets the caller hold several streams at once, as
-// the StreamReader contract allows (streamtest.Reader refuses it), and
-// records how many data streams were held at once. With wait > 0 the first
-// read of a data stream waits, up to 20 s, until wait data streams are
-// held (or every one was handed out), so that a restorer that loads tables
-// one at a time is caught whatever the timing.
+// heldReader is a streamtest.Reader that records how many data streams
+// were held at once. With wait > 0 the first read of a data stream waits,
+// up to 20 s, until wait data streams are held (or every one was handed
+// out), so that a restorer that loads tables one at a time is caught
+// whatever the timing.
 type heldReader struct {
-	streams []streamtest.Stream
-	wait    int
+	*streamtest.Reader
+	wait int
 
 	mu      sync.Mutex
 	cond    *sync.Cond
-	next    int
 	held    int // data streams handed out and not closed
 	maxHeld int
-	opened  []*heldStream
 }
 
 func newHeldReader(r *streamtest.Reader, wait int) *heldReader {
-	h := &heldReader{streams: r.Streams, wait: wait}
+	h := &heldReader{Reader: r, wait: wait}
 	h.cond = sync.NewCond(&h.mu)
 	return h
 }
 
 func (h *heldReader) Next() (string, io.ReadCloser, error) {
+	name, rc, err := h.Reader.Next()
+	if err != nil || !strings.HasPrefix(name, dataPrefix) {
+		return name, rc, err
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.next >= len(h.streams) {
-		return "", nil, io.EOF
-	}
-	st := h.streams[h.next]
-	h.next++
-	s := &heldStream{h: h, r: bytes.NewReader(st.Data), endErr: st.EndErr, data: strings.HasPrefix(st.Name, dataPrefix)}
-	if s.data {
-		h.held++
-		h.maxHeld = max(h.maxHeld, h.held)
-		h.cond.Broadcast()
-	}
-	h.opened = append(h.opened, s)
-	return st.Name, s, nil
+	h.held++
+	h.maxHeld = max(h.maxHeld, h.held)
+	h.cond.Broadcast()
+	return name, &heldStream{ReadCloser: rc, h: h}, nil
 }
 
-// allDataOut reports whether every data stream was handed out. h.mu must
-// be held.
+// allDataOut reports whether every data stream was handed out.
 func (h *heldReader) allDataOut() bool {
-	for _, s := range h.streams[h.next:] {
+	for _, s := range h.Remaining() {
 		if strings.HasPrefix(s.Name, dataPrefix) {
 			return false
 		}
@@ -88,98 +77,29 @@ func (h *heldReader) waitHeld() {
 	}
 }
 
-// allRead reports whether every stream was handed out, read to its end and
-// closed.
-func (h *heldReader) allRead() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if len(h.opened) != len(h.streams) {
-		return false
-	}
-	for _, s := range h.opened {
-		if !s.eof || !s.closed {
-			return false
-		}
-	}
-	return true
-}
-
-// allClosed reports whether every stream handed out was closed.
-func (h *heldReader) allClosed() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for _, s := range h.opened {
-		if !s.closed {
-			return false
-		}
-	}
-	return true
-}
-
+// heldStream is a data stream of a heldReader.
 type heldStream struct {
-	h      *heldReader
-	r      *bytes.Reader
-	endErr error
-	data   bool
-	waited bool
-	// guarded by h.mu
-	eof, closed bool
+	io.ReadCloser
+	h              *heldReader
+	waited, closed bool
 }
 
 func (s *heldStream) Read(p []byte) (int, error) {
-	if s.data && !s.waited {
+	if !s.waited {
 		s.waited = true
 		s.h.waitHeld()
 	}
-	s.h.mu.Lock()
-	closed := s.closed
-	s.h.mu.Unlock()
-	if closed {
-		return 0, errors.New("read after close")
-	}
-	n, err := s.r.Read(p)
-	if err == io.EOF {
-		s.h.mu.Lock()
-		s.eof = true
-		s.h.mu.Unlock()
-		if s.endErr != nil {
-			return n, s.endErr
-		}
-	}
-	return n, err
+	return s.ReadCloser.Read(p)
 }
 
 func (s *heldStream) Close() error {
 	s.h.mu.Lock()
-	defer s.h.mu.Unlock()
-	if !s.closed && s.data {
+	if !s.closed {
+		s.closed = true
 		s.h.held--
 	}
-	s.closed = true
-	return nil
-}
-
-// logBuffer returns a logger that writes text records into a buffer.
-func logBuffer() (*slog.Logger, *syncBuffer) {
-	var b syncBuffer
-	return slog.New(slog.NewTextHandler(&b, &slog.HandlerOptions{Level: slog.LevelDebug})), &b
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
+	s.h.mu.Unlock()
+	return s.ReadCloser.Close()
 }
 
 // restoredObjects lists what a restore of the fixture leaves in a database
@@ -214,7 +134,7 @@ func testParallel(t *testing.T, dst cluster, store *streamtest.Store, stats snap
 			t.Fatalf("restore: %v", err)
 		}
 		t.Logf("parallel restore in %v, %d tables held at once", time.Since(start), r.maxHeld)
-		if !r.allRead() {
+		if !r.AllRead() {
 			t.Error("not every stream was read to its end and closed")
 		}
 		if r.maxHeld != 3 {
@@ -247,16 +167,17 @@ func testParallel(t *testing.T, dst cluster, store *streamtest.Store, stats snap
 			CREATE TYPE public.keep_t AS ENUM ('x'); CREATE EXTENSION pg_trgm`)
 		before := restoredObjects(t, url)
 		bad := store.Reader().Edit(t, "data/temporal.events.copy", func(b []byte) []byte { return b[:len(b)/2] })
-		log, logs := logBuffer()
+		var logs streamtest.LogBuffer
+		log := logs.Logger()
 		r := newHeldReader(bad, 3)
 		_, err := (&Restorer{URL: url, Loaders: 3, Log: log}).Restore(ctx, r)
 		checkCorrupt(t, err, "temporal.events", "ends inside a row")
 		t.Log(err)
-		if !r.allClosed() {
+		if !r.AllClosed() {
 			t.Error("a stream was left open")
 		}
 		if !strings.Contains(logs.String(), "removed from the target") {
-			t.Errorf("no cleanup in the log:\n%s", logs)
+			t.Errorf("no cleanup in the log:\n%s", logs.String())
 		}
 		checkSame(t, before, restoredObjects(t, url), "objects after the failed restore")
 		if _, err := (&Restorer{URL: url, Loaders: 3}).Restore(ctx, newHeldReader(store.Reader(), 0)); err != nil {
@@ -371,7 +292,8 @@ func testSuperuserObjects(t *testing.T, src, dst cluster) {
 			db := fmt.Sprintf("super%d", loaders)
 			dst.newDB(t, db, restorer)
 			url := dst.dbURL(t, db, restorer, restorerPassword)
-			log, logs := logBuffer()
+			var logs streamtest.LogBuffer
+			log := logs.Logger()
 			var in snapshot.StreamReader = store.Reader() // one stream at a time
 			if loaders > 1 {
 				in = newHeldReader(store.Reader(), 0)
