@@ -41,7 +41,9 @@ demo: build lab
 # pg_dump/pg_restore) on the same data and ends with one summary table:
 # operation, data size, throughput, throughput ÷ the stock tool's, peak RSS.
 # BENCH_SIZE_MIB sets the volume tree size (default 1024 and 4096).
-bench: build
+bench: build lab
+	@command -v pgcopydb >/dev/null || { $$( [ "$$(id -u)" = 0 ] || echo sudo -n ) env DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq pgcopydb >/dev/null 2>&1 || echo "pgcopydb could not be installed: BenchmarkPostgres skips its comparison"; }
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./cmd/stackport/
 
 # soak takes 50 snapshots of all four components under write load, with

@@ -399,7 +399,7 @@ func BenchmarkPostgres(b *testing.B) {
 	for range b.N {
 		work := b.TempDir()
 		_, dst := lab.Postgres(b)
-		for _, db := range []string{"stock", "sp"} {
+		for _, db := range []string{"stock", "sp", "mig", "pgcopydb"} {
 			if out, err := exec.Command(pgbin+"psql", dst, "-c", "CREATE DATABASE "+db).CombinedOutput(); err != nil {
 				b.Fatalf("create database: %v\n%s", err, out)
 			}
@@ -419,5 +419,20 @@ func BenchmarkPostgres(b *testing.B) {
 			stock: "pg_dump -Fd -j 2", ratio: dump.wall.Seconds() / snap.wall.Seconds(), rss: snap.rss})
 		addSummary(summaryRow{op: "restore --postgres-to", data: data, rate: mibPerSec(stored, rest.wall) + " stored",
 			stock: "pg_restore -j 2", ratio: restore.wall.Seconds() / rest.wall.Seconds(), rss: rest.rss})
+
+		// The direct copy, without an archive: migrate against pgcopydb
+		// clone (Debian's pgcopydb; `make bench` installs it when it can).
+		pgcopydb, err := exec.LookPath("pgcopydb")
+		if err != nil {
+			b.Logf("pgcopydb not installed: migrate is not compared with pgcopydb clone")
+			continue
+		}
+		clone := measure(b, pgcopydb, "clone", "--source", src, "--target", into("pgcopydb"),
+			"--table-jobs", "2", "--index-jobs", "2", "--no-owner", "--no-acl", "--dir", filepath.Join(work, "pgcopydb"))
+		mig := measure(b, bin, "migrate", "-q", "--postgres", src, "--postgres-to", into("mig"), "--postgres-parallel", "2",
+			"--state", filepath.Join(work, "migrate.state"))
+		b.ReportMetric(mig.wall.Seconds()/clone.wall.Seconds(), "migrate-time/pgcopydb")
+		addSummary(summaryRow{op: "migrate --postgres", data: data, rate: "—",
+			stock: "pgcopydb clone (2 jobs)", ratio: clone.wall.Seconds() / mig.wall.Seconds(), rss: mig.rss})
 	}
 }
