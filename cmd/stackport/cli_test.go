@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -358,4 +359,20 @@ func TestEveryCommandHasAnExample(t *testing.T) {
 		}
 	}
 	walk(newRootCommand())
+}
+
+// TestLogLevels: -v logs debug messages, -q only warnings (and wins over
+// -v).
+func TestLogLevels(t *testing.T) {
+	for _, c := range []struct {
+		quiet, verbose bool
+		want           slog.Level
+	}{{false, false, slog.LevelInfo}, {false, true, slog.LevelDebug}, {true, false, slog.LevelWarn}, {true, true, slog.LevelWarn}} {
+		g := &globalOptions{Quiet: c.quiet, Verbose: c.verbose, stderr: &bytes.Buffer{}}
+		g.setup()
+		ctx := context.Background()
+		if !g.log.Enabled(ctx, c.want) || g.log.Enabled(ctx, c.want-1) {
+			t.Errorf("quiet %v, verbose %v: the logger does not start at %v", c.quiet, c.verbose, c.want)
+		}
+	}
 }

@@ -15,9 +15,10 @@ import (
 
 // globalOptions are the flags every command shares, and where output goes.
 type globalOptions struct {
-	Repo  string
-	JSON  bool
-	Quiet bool
+	Repo    string
+	JSON    bool
+	Quiet   bool
+	Verbose bool
 
 	stdout io.Writer // results only
 	stderr io.Writer // logs and progress
@@ -92,6 +93,7 @@ Exit codes: 0 success, 1 failure, 2 usage error, 3 verification found corrupt or
 	f.StringVarP(&g.Repo, "repo", "r", os.Getenv("STACKPORT_REPO"), "repository URL (env STACKPORT_REPO)")
 	f.BoolVar(&g.JSON, "json", false, "print the result as one JSON object on stdout and log JSON lines on stderr")
 	f.BoolVarP(&g.Quiet, "quiet", "q", false, "log warnings and errors only, no progress")
+	f.BoolVarP(&g.Verbose, "verbose", "v", false, "log debug messages too (each table, collection, Redis database and retry), with their times")
 	root.AddCommand(
 		newSnapshotCommand(g),
 		newListCommand(g),
@@ -109,8 +111,11 @@ Exit codes: 0 success, 1 failure, 2 usage error, 3 verification found corrupt or
 // setup chooses the logger: JSON lines with --json, text otherwise.
 func (g *globalOptions) setup() {
 	level := slog.LevelInfo
-	if g.Quiet {
+	switch {
+	case g.Quiet:
 		level = slog.LevelWarn
+	case g.Verbose:
+		level = slog.LevelDebug
 	}
 	hopts := &slog.HandlerOptions{Level: level}
 	if g.JSON {
