@@ -196,11 +196,17 @@ func (c Postgres) planPgDump(ctx context.Context, f *Finding, src *pgServer) {
 
 // planTarget checks what the restore needs of the target.
 func (c Postgres) planTarget(ctx context.Context, f *Finding, src, dst *pgServer, schemas []string) error {
-	// Extensions: pg_dump writes those of the dumped schemas (all of them
-	// when every schema is dumped), plpgsql aside.
-	query := `SELECT e.extname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
-		WHERE e.extname <> 'plpgsql' AND (cardinality($1::text[]) = 0 OR n.nspname = ANY($1)) ORDER BY 1`
-	exts, err := src.strings(ctx, query, nonNil(c.Schemas))
+	// Extensions: every one (plpgsql aside) when every schema moves, else
+	// those the Dumper finds the chosen schemas use.
+	exts, err := src.strings(ctx, `SELECT extname FROM pg_extension WHERE oid >= 16384 ORDER BY 1`)
+	if len(c.Schemas) > 0 {
+		var used []postgres.Extension
+		used, err = postgres.UsedExtensions(ctx, src.conn, schemas)
+		exts = nil
+		for _, e := range used {
+			exts = append(exts, e.Name)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("source: list extensions: %w", err)
 	}
@@ -280,14 +286,9 @@ func (c Postgres) planTarget(ctx context.Context, f *Finding, src, dst *pgServer
 		f.note("target: the schemas %s are dropped and created again first (--postgres-clean)", strings.Join(schemas, ", "))
 		return nil
 	}
-	rels, err := dst.strings(ctx, `SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') ORDER BY 1`, schemas)
+	rels, existing, err := postgres.Occupied(ctx, dst.conn, schemas)
 	if err != nil {
-		return fmt.Errorf("target: list relations: %w", err)
-	}
-	existing, err := dst.strings(ctx, `SELECT nspname FROM pg_namespace WHERE nspname = ANY($1) AND nspname <> 'public' ORDER BY 1`, schemas)
-	if err != nil {
-		return fmt.Errorf("target: list schemas: %w", err)
+		return fmt.Errorf("target: %w", err)
 	}
 	switch {
 	case len(rels) > 0:
@@ -296,13 +297,6 @@ func (c Postgres) planTarget(ctx context.Context, f *Finding, src, dst *pgServer
 		f.occupy("target database %s already has the schema %s: use --postgres-clean to replace it", dst.database, listNames(existing, 10))
 	}
 	return nil
-}
-
-func nonNil(s []string) []string {
-	if s == nil {
-		return []string{}
-	}
-	return s
 }
 
 // listNames joins up to n names and says how many more there are.

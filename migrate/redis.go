@@ -115,8 +115,14 @@ const redisProbeKey = "stackport:plan-probe:"
 // Replace or Flush).
 func (c Redis) Plan(ctx context.Context) Finding {
 	f := Finding{Items: -1, Bytes: -1}
-	src, srcErr := dialRedis(c.Source, c.SourceTLSCAFile)
-	dst, dstErr := dialRedis(c.Target, c.TargetTLSCAFile)
+	src, srcErr := dialRedis(ctx, c.Source, c.SourceTLSCAFile)
+	if srcErr == nil {
+		defer src.Close()
+	}
+	dst, dstErr := dialRedis(ctx, c.Target, c.TargetTLSCAFile)
+	if dstErr == nil {
+		defer dst.Close()
+	}
 	if srcErr != nil {
 		f.block("source: %v", srcErr)
 	}
@@ -126,8 +132,6 @@ func (c Redis) Plan(ctx context.Context) Finding {
 	if srcErr != nil || dstErr != nil {
 		return f
 	}
-	defer src.Close()
-	defer dst.Close()
 	srcInfo, err := src.Info(ctx, "server", "memory").Result()
 	if err != nil {
 		f.block("source %s: INFO: %v", src.Options().Addr, err)
@@ -308,7 +312,7 @@ func (c Redis) planMemory(f *Finding, srcInfo, dstInfo string) {
 
 // dialRedis returns a client of database 0 of the server at url, which
 // sends nothing on connect but HELLO (or AUTH), as snapshot/redis's.
-func dialRedis(url, caFile string) (*goredis.Client, error) {
+func dialRedis(ctx context.Context, url, caFile string) (*goredis.Client, error) {
 	opt, err := redis.Options(url, caFile)
 	if err != nil {
 		return nil, err
@@ -316,7 +320,7 @@ func dialRedis(url, caFile string) (*goredis.Client, error) {
 	opt.MaxRetries = 1
 	opt.DialerRetries = 1
 	c := goredis.NewClient(opt)
-	if err := c.Ping(context.Background()).Err(); err != nil && !strings.Contains(strings.ToLower(err.Error()), "unknown command") {
+	if err := c.Ping(ctx).Err(); err != nil && !strings.Contains(strings.ToLower(err.Error()), "unknown command") {
 		c.Close()
 		return nil, fmt.Errorf("redis: cannot reach %s: %w", opt.Addr, err)
 	}

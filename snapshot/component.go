@@ -66,7 +66,7 @@ type StreamReader interface {
 }
 
 // A Dumper writes one component of a snapshot as named streams. It must not
-// close out; it must close every stream it creates.
+// close out; it must close every stream it creates, or Abort it.
 type Dumper interface {
 	Dump(ctx context.Context, out StreamWriter) (Stats, error)
 }

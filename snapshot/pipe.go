@@ -35,7 +35,7 @@ func (e *closedError) Unwrap() []error { return []error{ErrPipeClosed, e.err} }
 // for a Dumper: a stream must be finished without waiting for a later
 // stream to be read (snapshot/volume, mongo, redis and postgres follow it).
 // A Restorer may hold several streams at once and read them concurrently
-// (postgres loads tables in parallel), as the StreamReader contract allows.
+// (postgres may load tables in parallel), as the StreamReader contract allows.
 //
 // Each end is closed with the result of its side: PipeWriter.Close(err)
 // when Dump has returned, PipeReader.Close(err) when Restore has returned.

@@ -21,7 +21,8 @@ type ReadOptions struct {
 	// or a scrypt identity for a passphrase).
 	Identities []age.Identity
 	// Progress, when set, is called with the number of raw (decompressed)
-	// bytes each time a component reads.
+	// bytes each time a component reads. It must be safe for concurrent
+	// use: a component may read several streams at once.
 	Progress func(n int64)
 }
 

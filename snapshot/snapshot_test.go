@@ -24,6 +24,7 @@ type streams struct {
 	data  map[string][]byte
 	fail  error // returned after writing everything
 	leak  bool  // leave the last stream open
+	abort bool  // abort the last stream (snapshot.Abort), yet return nil
 }
 
 func (s streams) Dump(ctx context.Context, out snapshot.StreamWriter) (snapshot.Stats, error) {
@@ -36,6 +37,10 @@ func (s streams) Dump(ctx context.Context, out snapshot.StreamWriter) (snapshot.
 			return nil, err
 		}
 		if s.leak && i == len(s.names)-1 {
+			break
+		}
+		if s.abort && i == len(s.names)-1 {
+			snapshot.Abort(w, errors.New("cursor lost"))
 			break
 		}
 		if err := w.Close(); err != nil {
@@ -156,6 +161,7 @@ func TestFailedSnapshotLeavesNothing(t *testing.T) {
 	for name, d := range map[string]streams{
 		"dumper error": func() streams { s := testStreams(t); s.fail = errors.New("boom"); return s }(),
 		"leaked":       func() streams { s := testStreams(t); s.leak = true; return s }(),
+		"aborted":      func() streams { s := testStreams(t); s.abort = true; return s }(),
 	} {
 		t.Run(name, func(t *testing.T) {
 			if _, err := take(t, repo, d, snapshot.Options{}); err == nil {

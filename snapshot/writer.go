@@ -49,6 +49,7 @@ type Writer struct {
 	mu        sync.Mutex
 	m         Manifest
 	open      map[*objectWriter]struct{}
+	aborted   map[string]error // by kind: the first stream a Dumper aborted
 	committed bool
 }
 
@@ -121,6 +122,13 @@ func (w *Writer) Add(kind string, d Dumper) error {
 	if err == nil {
 		err = w.ctx.Err()
 	}
+	w.mu.Lock()
+	if aerr := w.aborted[kind]; err == nil && aerr != nil {
+		// A Dumper that aborted a stream and still returned nil: its
+		// component lacks that stream.
+		err = fmt.Errorf("snapshot: component %s aborted a stream: %w", kind, aerr)
+	}
+	w.mu.Unlock()
 	if leaked := w.openObjects(kind); len(leaked) > 0 {
 		for _, o := range leaked {
 			o.abort()
@@ -349,9 +357,18 @@ func (o *objectWriter) Close() error {
 	return o.closeError
 }
 
-// CloseWithError aborts the stream: see Abort.
-func (o *objectWriter) CloseWithError(error) error {
+// CloseWithError aborts the stream (see Abort); the component's Add fails
+// with err even if its Dumper returns nil.
+func (o *objectWriter) CloseWithError(err error) error {
 	o.abort()
+	o.w.mu.Lock()
+	defer o.w.mu.Unlock()
+	if o.w.aborted == nil {
+		o.w.aborted = map[string]error{}
+	}
+	if o.w.aborted[o.kind] == nil {
+		o.w.aborted[o.kind] = fmt.Errorf("%s: %w", o.key, err)
+	}
 	return nil
 }
 

@@ -211,7 +211,7 @@ func (p profileOptions) applySnapshotProfile(opts *snapshotOptions, log *slog.Lo
 	if app == nil {
 		return err
 	}
-	if opts.Volume != "" && opts.Volume != p.Stack {
+	if opts.Volume != "" && filepath.Clean(opts.Volume) != filepath.Clean(p.Stack) {
 		return usageErrorf("snapshot: --volume %s and --stack %s name two volumes: give one", opts.Volume, p.Stack)
 	}
 	opts.Volume = p.Stack

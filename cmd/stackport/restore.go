@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -192,27 +193,30 @@ func runRestore(ctx context.Context, g *globalOptions, opts restoreOptions, ref 
 
 	res := restoreResult{ID: m.ID, Components: map[string]snapshot.Stats{}}
 	var mu sync.Mutex
+	var errs []error // every component's: the first failure cancels the others, whose errors may say what they left behind
 	grp, gctx := errgroup.WithContext(ctx)
 	for _, p := range parts {
 		grp.Go(func() error {
 			in, err := snapshot.OpenComponent(gctx, repo, m, p.kind, ropts)
-			if err != nil {
-				return err
-			}
-			stats, err := p.impl.Restore(gctx, in)
-			if err != nil {
-				return fmt.Errorf("restore: %w", err) // component errors name their component
+			var stats snapshot.Stats
+			if err == nil {
+				stats, err = p.impl.Restore(gctx, in)
 			}
 			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				err = fmt.Errorf("restore: %w", err) // component errors name their component
+				errs = append(errs, err)
+				return err
+			}
 			res.Components[p.kind] = stats
-			mu.Unlock()
 			return nil
 		})
 	}
-	err = grp.Wait()
+	_ = grp.Wait() // its error is errs[0]
 	bar.Stop()
-	if err != nil {
-		return err
+	if len(errs) > 0 {
+		return errors.Join(errs...)
 	}
 	for _, p := range parts {
 		args := []any{"component", p.kind}

@@ -93,7 +93,7 @@ func (s *restoreSink) cleanup(ctx context.Context, cause error) error {
 	n, err := dropCreated(ctx, s.r.URL, s.before, s.m.Schemas, append(slices.Clone(s.m.Schemas), s.extSchemas...))
 	if err != nil {
 		return fmt.Errorf("%w; the target database holds a partial restore, which could not be removed (%v): "+
-			"restore again with Clean (--postgres-clean) to replace it", cause, err)
+			"restore again with --postgres-clean to replace it", cause, err)
 	}
 	s.log.Warn("postgres: the failed restore was removed from the target", "objects", n)
 	return cause

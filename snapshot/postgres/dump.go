@@ -168,17 +168,9 @@ func (d *Dumper) pgDumpArgs(ctx context.Context, src *source, schemas []string) 
 	}
 	// pg_dump dumps the extensions of the chosen schemas only when asked,
 	// and those elsewhere that the schemas' objects use too.
-	rows, err := src.conn.Query(ctx, usedExtensionsQuery, schemas)
+	exts, err := UsedExtensions(ctx, src.conn, schemas)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: list extensions: %w", err)
-	}
-	type extension struct {
-		Name, Schema string
-		Elsewhere    bool
-	}
-	exts, err := pgx.CollectRows(rows, pgx.RowToStructByPos[extension])
-	if err != nil {
-		return nil, fmt.Errorf("postgres: list extensions: %w", err)
+		return nil, err
 	}
 	for _, e := range exts {
 		if e.Elsewhere {
@@ -193,6 +185,27 @@ func (d *Dumper) pgDumpArgs(ctx context.Context, src *source, schemas []string) 
 		args = append(args, "--extension="+pgDumpPattern(e.Name))
 	}
 	return args, nil
+}
+
+// An Extension is one whose CREATE EXTENSION a snapshot holds.
+type Extension struct {
+	Name, Schema string
+	Elsewhere    bool // installed in a schema that is not snapshotted
+}
+
+// UsedExtensions returns the extensions that a snapshot of the schemas
+// (chosen with Dumper.Schemas) holds: see usedExtensionsQuery. A snapshot
+// of every schema holds every extension.
+func UsedExtensions(ctx context.Context, conn *pgx.Conn, schemas []string) ([]Extension, error) {
+	rows, err := conn.Query(ctx, usedExtensionsQuery, schemas)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list extensions: %w", err)
+	}
+	exts, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Extension])
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list extensions: %w", err)
+	}
+	return exts, nil
 }
 
 // usedExtensionsQuery lists the extensions that the schemas named by $1

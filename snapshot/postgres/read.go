@@ -93,14 +93,19 @@ func readTables(ctx context.Context, in snapshot.StreamReader, s sink, m *meta, 
 	load := func(ctx context.Context, t *table, rc io.ReadCloser) error {
 		cr := newCopyReader(ctx, rc, t)
 		err := s.table(ctx, t, cr)
-		if cerr := rc.Close(); err == nil && cerr != nil {
-			err = fmt.Errorf("postgres: close %s: %w", t.Stream, cerr)
-		}
 		if err == nil && !cr.done {
 			err = fmt.Errorf("postgres: %s: not read to its end", t.Stream) // a bug of the sink
 		}
 		if err != nil {
-			return fail(err)
+			// Recorded before the stream is closed: closing a Pipe's
+			// stream early fails the other loaders, whose errors are
+			// consequences of this one.
+			fail(err)
+			rc.Close()
+			return err
+		}
+		if err := rc.Close(); err != nil {
+			return fail(fmt.Errorf("postgres: close %s: %w", t.Stream, err))
 		}
 		mu.Lock()
 		defer mu.Unlock()
@@ -198,7 +203,7 @@ func next(in snapshot.StreamReader, want string) (string, io.ReadCloser, error) 
 	case errors.Is(err, io.EOF):
 		return "", nil, fmt.Errorf("postgres: missing stream %s: %w", want, snapshot.ErrCorrupt)
 	case err != nil:
-		return "", nil, fmt.Errorf("postgres: open stream after %s: %w", want, err)
+		return "", nil, fmt.Errorf("postgres: open a stream: %w", err) // err names the object
 	}
 	return name, rc, nil
 }

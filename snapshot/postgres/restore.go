@@ -32,7 +32,7 @@ import (
 // the schemas that were there before, such as public, the objects that were
 // not), so that the same restore can run again. Should that cleanup fail too,
 // the error says that the target holds a partial restore, which Clean
-// replaces.
+// replaces. With Clean the restore is always one transaction.
 //
 // The restoring role need not be a superuser (Cloud SQL's
 // cloudsqlsuperuser is not): by default owners and privileges are left out
@@ -57,8 +57,9 @@ type Restorer struct {
 	// is created again) before restoring. Without it a target that has
 	// tables, views or sequences in those schemas, or has one of them but
 	// public, is refused with an error wrapping snapshot.ErrTargetNotEmpty
-	// that names them. With Loaders above 1 the drops are committed with
-	// pre-data.
+	// that names them. A Clean restore is always one transaction (Loaders
+	// is ignored): the data it replaces stays until the new data is
+	// committed, so a failed restore over a database in use loses nothing.
 	Clean bool
 	// Loaders is the number of tables loaded at once, each on a connection
 	// of its own and in a transaction of its own. 0 or 1: the whole
@@ -73,6 +74,12 @@ type Restorer struct {
 // Restore implements snapshot.Restorer. Its stats are those of Dump but
 // sequences.
 func (r *Restorer) Restore(ctx context.Context, in snapshot.StreamReader) (snapshot.Stats, error) {
+	if r.Clean && r.Loaders > 1 {
+		one := *r
+		one.Loaders = 1
+		logger(r.Log).Info("postgres: a restore that replaces the target's schemas loads its tables one after the other, in one transaction, so that a failure leaves the replaced data in place")
+		r = &one
+	}
 	conn, err := connect(ctx, r.URL)
 	if err != nil {
 		return nil, err
@@ -154,34 +161,45 @@ func (s *restoreSink) begin(m *meta) error {
 // checkEmpty refuses a target that has relations in the schemas, or has
 // one of the schemas (but public), which pre-data creates.
 func (s *restoreSink) checkEmpty(schemas []string) error {
-	rows, err := s.conn.Query(s.ctx, `SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+	rels, existing, err := Occupied(s.ctx, s.conn, schemas)
+	switch {
+	case err != nil:
+		return err
+	case len(rels) > 0:
+		return fmt.Errorf("postgres: the target database already has %s: %w", list(rels, 10), snapshot.ErrTargetNotEmpty)
+	case len(existing) > 0:
+		return fmt.Errorf("postgres: the target database already has the schema %s: %w", list(existing, 10), snapshot.ErrTargetNotEmpty)
+	}
+	return nil
+}
+
+// Occupied returns what keeps the database on conn from taking a restore
+// of the schemas without Clean: the tables, views and sequences in them
+// (as schema.name, escaped as in stream names), and those of the schemas
+// but public that exist (pre-data creates them).
+func Occupied(ctx context.Context, conn *pgx.Conn, schemas []string) (rels, existing []string, err error) {
+	rows, err := conn.Query(ctx, `SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') ORDER BY 1, 2`, schemas)
 	if err != nil {
-		return fmt.Errorf("postgres: check the target: %w", err)
+		return nil, nil, fmt.Errorf("postgres: check the target: %w", err)
 	}
-	rels, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (string, error) {
+	rels, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (string, error) {
 		var schema, name string
 		err := row.Scan(&schema, &name)
 		return escapeName(schema) + "." + escapeName(name), err
 	})
 	if err != nil {
-		return fmt.Errorf("postgres: check the target: %w", err)
+		return nil, nil, fmt.Errorf("postgres: check the target: %w", err)
 	}
-	if len(rels) > 0 {
-		return fmt.Errorf("postgres: the target database already has %s: %w", list(rels, 10), snapshot.ErrTargetNotEmpty)
-	}
-	rows, err = s.conn.Query(s.ctx, `SELECT nspname FROM pg_namespace WHERE nspname = ANY($1) AND nspname <> 'public' ORDER BY 1`, schemas)
+	rows, err = conn.Query(ctx, `SELECT nspname FROM pg_namespace WHERE nspname = ANY($1) AND nspname <> 'public' ORDER BY 1`, schemas)
 	if err != nil {
-		return fmt.Errorf("postgres: check the target: %w", err)
+		return nil, nil, fmt.Errorf("postgres: check the target: %w", err)
 	}
-	existing, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	existing, err = pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return fmt.Errorf("postgres: check the target: %w", err)
+		return nil, nil, fmt.Errorf("postgres: check the target: %w", err)
 	}
-	if len(existing) > 0 {
-		return fmt.Errorf("postgres: the target database already has the schema %s: %w", list(existing, 10), snapshot.ErrTargetNotEmpty)
-	}
-	return nil
+	return rels, existing, nil
 }
 
 // list joins up to max names with commas, and says how many more there

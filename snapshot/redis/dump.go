@@ -43,8 +43,9 @@ type Dumper struct {
 	Log    *slog.Logger // progress (nil = slog.Default())
 }
 
-// Dump implements snapshot.Dumper. On error the stream being written is left
-// unclosed, so the pipeline aborts it.
+// Dump implements snapshot.Dumper. It writes one stream at a time; on error
+// the stream being written is left unclosed, so the pipeline aborts it
+// when Dump returns (no other stream waits for it).
 func (d *Dumper) Dump(ctx context.Context, out snapshot.StreamWriter) (snapshot.Stats, error) {
 	stats := snapshot.Stats{"keys": 0, "bytes": 0, "skipped_deleted": 0, "rdb_version": 0}
 	opt, err := Options(d.URL, d.TLSCAFile)
