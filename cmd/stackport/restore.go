@@ -71,15 +71,16 @@ NFS shares such as Filestore). Archive entries that would write outside the
 target (../ or absolute paths, writes through symlinks, device files) are
 rejected by name.
 
-PostgreSQL is restored in three steps: pre-data (types, functions, tables; with
---postgres-clean after dropping the restored schemas) is committed first, then
---postgres-parallel connections load the tables at once, each table's COPY in
-a transaction of its own, then indexes, constraints, triggers and sequence
-values are committed. If anything fails after pre-data, what the restore
-created is dropped again, so the same command can simply run again; if even
-that fails, the error says the target holds a partial restore, which a run
-with --postgres-clean replaces. --postgres-parallel 1 restores in one
-transaction instead: a failure leaves the target exactly as it was.`,
+PostgreSQL is restored in three steps: pre-data (types, functions, tables) is
+committed first, then --postgres-parallel connections load the tables at once,
+each table's COPY in a transaction of its own, then indexes, constraints,
+triggers and sequence values are committed. If anything fails after pre-data,
+what the restore created is dropped again, so the same command can simply run
+again; if even that fails, the error says the target holds a partial restore,
+which a run with --postgres-clean replaces. --postgres-parallel 1, and every
+--postgres-clean restore, run in one transaction instead: a failure leaves the
+target exactly as it was (with --postgres-clean: the data it was to replace
+stays).`,
 		Example: `  stackport restore latest --volume-to /appsmith-stacks
   stackport restore 20261125T210000Z-3f9a1c --volume-to /mnt/filestore/stacks --chown 1000:1000 --force
   # MongoDB into Atlas, appsmith.* as appsmith_prod.*
@@ -266,7 +267,7 @@ func (opts *restoreOptions) addTargetFlags(f *pflag.FlagSet, migrate bool) {
 	f.BoolVar(&opts.Yes, "yes", false, "confirm destructive options such as --redis-flush")
 	f.StringVar(&opts.PostgresTo, "postgres-to", "", "target PostgreSQL database URL (Cloud SQL, PostgreSQL); the role need not be a superuser")
 	f.BoolVar(&opts.PostgresKeepOwners, "postgres-keep-owners", false, "keep owners and privileges (needs a role that may set them)")
-	f.BoolVar(&opts.PostgresClean, "postgres-clean", false, "drop what the target already holds in the restored schemas first")
+	f.BoolVar(&opts.PostgresClean, "postgres-clean", false, "replace what the target holds in the restored schemas (drops them first, in the restore's one transaction: a failed restore keeps them)")
 }
 
 // parseDBMap parses --redis-db-map ("" is no map).
