@@ -29,18 +29,6 @@ func redisClient(t *testing.T, url string, db int) *goredis.Client {
 	return c
 }
 
-// memorystoreBlocked are the commands Memorystore refuses (as in
-// cmd/stackport's tests).
-var memorystoreBlocked = strings.Fields("CONFIG SAVE BGSAVE BGREWRITEAOF LASTSAVE MIGRATE REPLICAOF SLAVEOF SYNC PSYNC DEBUG MONITOR OBJECT CLIENT CLUSTER COMMAND SHUTDOWN ACL")
-
-func memorystoreConfig(extra ...string) []string {
-	var conf []string
-	for _, c := range memorystoreBlocked {
-		conf = append(conf, fmt.Sprintf("rename-command %s \"\"", c))
-	}
-	return append(conf, extra...)
-}
-
 // seedRedis writes strings with and without expiry, a hash, a set, a list
 // and a sorted set into databases 0 and 3.
 func seedRedis(t *testing.T, url string) {
@@ -71,7 +59,7 @@ func seedRedis(t *testing.T, url string) {
 func TestRedisCheck(t *testing.T) {
 	ctx := context.Background()
 	_, src := lab.Redis(t)
-	_, dst := lab.Redis(t, memorystoreConfig()...)
+	_, dst := lab.Redis(t, lab.Memorystore()...)
 	seedRedis(t, src)
 	dbMap := map[int]int{3: 1}
 	check := migrate.Redis{Source: src, Target: dst, DBMap: dbMap, Log: quiet}
@@ -121,7 +109,7 @@ func TestRedisPlan(t *testing.T) {
 	_, src := lab.Redis(t)
 	seedRedis(t, src)
 
-	_, ok := lab.Redis(t, memorystoreConfig()...)
+	_, ok := lab.Redis(t, lab.Memorystore()...)
 	f := migrate.Redis{Source: src, Target: ok}.Plan(ctx)
 	notes := strings.Join(f.Notes, "\n")
 	if len(f.Blockers) != 0 || f.Items != 305 || f.Bytes <= 0 ||
@@ -134,7 +122,7 @@ func TestRedisPlan(t *testing.T) {
 
 	// One database, RESTORE renamed away, 1 MiB of memory, a key in
 	// database 0.
-	_, bad := lab.Redis(t, memorystoreConfig("databases 1", `rename-command RESTORE ""`, "maxmemory 1mb")...)
+	_, bad := lab.Redis(t, lab.Memorystore("databases 1", `rename-command RESTORE ""`, "maxmemory 1mb")...)
 	redisClient(t, bad, 0).Set(ctx, "session:1", "theirs", 0)
 	f = migrate.Redis{Source: src, Target: bad}.Plan(ctx)
 	blockers := strings.Join(f.Blockers, "\n")

@@ -87,11 +87,7 @@ func TestMigrateKilled(t *testing.T) {
 	os.MkdirAll(filepath.Join(target, "old"), 0o755)
 	os.WriteFile(filepath.Join(target, "old", "file.txt"), []byte("content of an older copy"), 0o644)
 	_, mdst := lab.Mongo(t)
-	var conf []string
-	for _, c := range memorystoreBlocked {
-		conf = append(conf, fmt.Sprintf("rename-command %s \"\"", c))
-	}
-	_, rdst := lab.Redis(t, conf...)
+	_, rdst := lab.Redis(t, lab.Memorystore()...)
 	_, pdst := lab.Postgres(t)
 	pgExec(t, pdst, `CREATE ROLE app LOGIN PASSWORD 'pw' NOSUPERUSER`, `CREATE DATABASE appdb OWNER app`)
 	ptarget := strings.Replace(strings.Replace(pdst, "postgres@", "app:pw@", 1), "/postgres?", "/appdb?", 1)

@@ -29,11 +29,7 @@ func TestMigratePlanStack(t *testing.T) {
 	_, mdst := lab.Mongo(t)
 	seedMongo(t, msrc, 100)
 	_, rsrc := lab.Redis(t)
-	var conf []string
-	for _, c := range memorystoreBlocked {
-		conf = append(conf, fmt.Sprintf("rename-command %s \"\"", c))
-	}
-	_, rdst := lab.Redis(t, append(conf, "maxmemory 64mb", "maxmemory-policy volatile-lru")...)
+	_, rdst := lab.Redis(t, lab.Memorystore("maxmemory 64mb", "maxmemory-policy volatile-lru")...)
 	ropt, _ := goredis.ParseURL(rsrc)
 	rc := goredis.NewClient(ropt)
 	defer rc.Close()

@@ -349,11 +349,7 @@ func TestMigratePlan(t *testing.T) {
 func TestMigrateRedisAndPostgres(t *testing.T) {
 	ctx := context.Background()
 	_, rsrc := lab.Redis(t)
-	var conf []string
-	for _, c := range memorystoreBlocked {
-		conf = append(conf, fmt.Sprintf("rename-command %s \"\"", c))
-	}
-	_, rdst := lab.Redis(t, conf...)
+	_, rdst := lab.Redis(t, lab.Memorystore()...)
 	opt, _ := goredis.ParseURL(rsrc)
 	c := goredis.NewClient(opt)
 	defer c.Close()

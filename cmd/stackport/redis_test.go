@@ -15,18 +15,10 @@ import (
 	"github.com/stackport/stackport/internal/lab"
 )
 
-// memorystoreBlocked are the commands Memorystore refuses.
-var memorystoreBlocked = strings.Fields("CONFIG SAVE BGSAVE BGREWRITEAOF LASTSAVE MIGRATE REPLICAOF SLAVEOF SYNC PSYNC DEBUG MONITOR OBJECT CLIENT CLUSTER COMMAND SHUTDOWN ACL")
-
 func TestRedisThroughTheCLI(t *testing.T) {
 	ctx := context.Background()
 	_, src := lab.Redis(t)
-	var conf []string
-	for _, c := range memorystoreBlocked {
-		conf = append(conf, fmt.Sprintf("rename-command %s \"\"", c))
-	}
-	conf = append(conf, "requirepass s3cret")
-	_, dst := lab.Redis(t, conf...)
+	_, dst := lab.Redis(t, lab.Memorystore("requirepass s3cret")...)
 	dst = strings.Replace(dst, "redis://", "redis://:s3cret@", 1)
 
 	opt, _ := goredis.ParseURL(src)

@@ -98,10 +98,6 @@ type servers struct {
 	mongoDst, redisDst, pgDst string
 }
 
-// memorystoreBlocked are the commands Memorystore for Redis does not
-// allow (as in the tests of cmd/stackport).
-var memorystoreBlocked = strings.Fields("CONFIG SAVE BGSAVE BGREWRITEAOF LASTSAVE MIGRATE REPLICAOF SLAVEOF SYNC PSYNC DEBUG MONITOR OBJECT CLIENT CLUSTER COMMAND SHUTDOWN ACL")
-
 // redisAuth is the target Redis's AUTH string, as Memorystore hands out.
 const redisAuth = "demo-auth-string-7f3a"
 
@@ -109,10 +105,7 @@ const redisAuth = "demo-auth-string-7f3a"
 // cancelled.
 func startLab(ctx context.Context, st *lab.Standalone) (servers, error) {
 	var s servers
-	memorystore := []string{"requirepass " + redisAuth}
-	for _, c := range memorystoreBlocked {
-		memorystore = append(memorystore, fmt.Sprintf("rename-command %s \"\"", c))
-	}
+	memorystore := lab.Memorystore("requirepass " + redisAuth)
 	for _, start := range []func(){
 		func() { _, s.mongoSrc = lab.Mongo(st) },
 		func() { _, s.redisSrc = lab.Redis(st) },

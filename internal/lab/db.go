@@ -21,6 +21,20 @@ import (
 	"time"
 )
 
+// MemorystoreBlocked are the commands Memorystore for Redis does not allow.
+var MemorystoreBlocked = strings.Fields("CONFIG SAVE BGSAVE BGREWRITEAOF LASTSAVE MIGRATE REPLICAOF SLAVEOF SYNC PSYNC DEBUG MONITOR OBJECT CLIENT CLUSTER COMMAND SHUTDOWN ACL")
+
+// Memorystore returns the redis.conf lines, for Redis, that make a server
+// behave like Memorystore: every MemorystoreBlocked command renamed away,
+// then the extra lines (such as requirepass, Memorystore's AUTH string).
+func Memorystore(extra ...string) []string {
+	var conf []string
+	for _, c := range MemorystoreBlocked {
+		conf = append(conf, `rename-command `+c+` ""`)
+	}
+	return append(conf, extra...)
+}
+
 // Redis starts redis-server 7 without persistence (save "", appendonly
 // no). Each extraConfig entry is a line of redis.conf appended after the
 // defaults, e.g. `rename-command CONFIG ""` or `requirepass secret`.

@@ -10,22 +10,16 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
-)
 
-// blocked are the commands Memorystore does not allow.
-var blocked = []string{"CONFIG", "SAVE", "BGSAVE", "BGREWRITEAOF", "LASTSAVE", "MIGRATE", "REPLICAOF", "SLAVEOF",
-	"SYNC", "PSYNC", "DEBUG", "MONITOR", "OBJECT", "CLIENT", "CLUSTER", "COMMAND", "SHUTDOWN", "ACL"}
+	"github.com/stackport/stackport/internal/lab"
+)
 
 const targetPassword = "s3cret pass"
 
 // memorystoreConfig are redis.conf lines that make a target like
-// Memorystore: a password and the blocked commands renamed away.
+// Memorystore: the blocked commands renamed away and a password.
 func memorystoreConfig() []string {
-	conf := []string{`requirepass "` + targetPassword + `"`}
-	for _, c := range blocked {
-		conf = append(conf, "rename-command "+c+` ""`)
-	}
-	return conf
+	return lab.Memorystore(`requirepass "` + targetPassword + `"`)
 }
 
 // quietClient connects like the package does (no CLIENT SETINFO, RESP2),
