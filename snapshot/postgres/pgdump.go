@@ -135,6 +135,11 @@ func (d *pgDump) run(ctx context.Context, connString string, w io.Writer, args .
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
 		msg := strings.TrimSpace(stderr.String())
+		if strings.Contains(msg, "invalid snapshot identifier") {
+			// pg_dump's own words for the usual cause: the snapshot it
+			// shares went with stackport's source connection.
+			msg += " (the source connection holding the snapshot's exported transaction was lost: the source restarted or the network dropped it; run the snapshot again)"
+		}
 		if msg != "" {
 			return fmt.Errorf("postgres: pg_dump %s: %w: %s", strings.Join(args[:1], " "), err, msg)
 		}
