@@ -26,11 +26,12 @@ const endOfData = "\\.\n"
 // Row content is not parsed any further: the server checks it when the rows
 // are loaded. Memory is bounded by its buffer, whatever the length of rows.
 type copyReader struct {
-	ctx   context.Context
-	src   *bufio.Reader
-	t     *table
-	rows  int64
-	bytes int64 // row bytes returned
+	ctx    context.Context
+	src    *bufio.Reader
+	t      *table
+	stream string // the data stream read: t.Stream or one of t.Parts
+	rows   int64
+	bytes  int64 // row bytes returned
 
 	cur       []byte // rest of the current slice of the stream
 	lineStart bool   // the next byte starts a line
@@ -40,8 +41,10 @@ type copyReader struct {
 	err       error  // sticky
 }
 
-func newCopyReader(ctx context.Context, r io.Reader, t *table) *copyReader {
-	return &copyReader{ctx: ctx, src: bufio.NewReaderSize(sourceReader{r}, copyBufSize), t: t, lineStart: true}
+// newCopyReader returns a copyReader of r, the data stream called stream
+// of t.
+func newCopyReader(ctx context.Context, r io.Reader, t *table, stream string) *copyReader {
+	return &copyReader{ctx: ctx, src: bufio.NewReaderSize(sourceReader{r}, copyBufSize), t: t, stream: stream, lineStart: true}
 }
 
 // Read fills p with as many checked rows as fit, so that COPY FROM sends
@@ -72,13 +75,13 @@ func (c *copyReader) Read(p []byte) (int, error) {
 
 // corrupt returns the error for a malformed data stream.
 func (c *copyReader) corrupt(format string, args ...any) error {
-	return corrupt(c.t.Stream, "table %s: row %d: "+format, append([]any{c.t.key(), c.rows + 1}, args...)...)
+	return corrupt(c.stream, "table %s: row %d: "+format, append([]any{c.t.key(), c.rows + 1}, args...)...)
 }
 
 // fill reads the next slice of the stream into cur and checks it.
 func (c *copyReader) fill() error {
 	if err := c.ctx.Err(); err != nil {
-		return streamErr(c.t.Stream, err)
+		return streamErr(c.stream, err)
 	}
 	line, err := c.src.ReadSlice('\n')
 	switch {
@@ -89,7 +92,7 @@ func (c *copyReader) fill() error {
 		}
 		return c.corrupt("stream ends without the end-of-data line (truncated)")
 	case err != nil:
-		return streamErr(c.t.Stream, err)
+		return streamErr(c.stream, err)
 	}
 	if c.lineStart && bytes.HasPrefix(line, []byte(`\.`)) {
 		return c.end(line)
@@ -134,9 +137,9 @@ func (c *copyReader) end(line []byte) error {
 		c.done = true
 		return nil
 	case err != nil:
-		return streamErr(c.t.Stream, err)
+		return streamErr(c.stream, err)
 	}
-	return corrupt(c.t.Stream, "table %s: data after the end-of-data line", c.t.key())
+	return corrupt(c.stream, "table %s: data after the end-of-data line", c.t.key())
 }
 
 // A TableDigest is a table's row count and an order-independent digest of

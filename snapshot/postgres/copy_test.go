@@ -50,7 +50,7 @@ var copySeedCases = []struct {
 // decodeCopy runs a copyReader over data and returns what it read.
 func decodeCopy(data []byte, columns int) ([]byte, *copyReader, error) {
 	t := &table{Schema: "s", Name: "t", Columns: columns, Stream: dataStream("s", "t")}
-	cr := newCopyReader(context.Background(), bytes.NewReader(data), t)
+	cr := newCopyReader(context.Background(), bytes.NewReader(data), t, t.Stream)
 	var out bytes.Buffer
 	_, err := io.Copy(&out, cr)
 	return out.Bytes(), cr, err
@@ -82,19 +82,19 @@ func TestCopyReaderPassesStreamErrors(t *testing.T) {
 	tb := &table{Schema: "s", Name: "t", Columns: 1, Stream: dataStream("s", "t")}
 	sum := fmt.Errorf("sha256 mismatch: %w", snapshot.ErrCorrupt)
 	_, r, _ := streamtest.One("x", []byte("1\n"+endOfData), sum).Next()
-	_, err := io.Copy(io.Discard, newCopyReader(context.Background(), r, tb))
+	_, err := io.Copy(io.Discard, newCopyReader(context.Background(), r, tb, tb.Stream))
 	if !errors.Is(err, snapshot.ErrCorrupt) || !strings.Contains(err.Error(), "sha256 mismatch") {
 		t.Errorf("error %v", err)
 	}
 	other := errors.New("connection reset")
 	_, r, _ = streamtest.One("x", []byte("1\n"), other).Next()
-	_, err = io.Copy(io.Discard, newCopyReader(context.Background(), r, tb))
+	_, err = io.Copy(io.Discard, newCopyReader(context.Background(), r, tb, tb.Stream))
 	if !errors.Is(err, other) || errors.Is(err, snapshot.ErrCorrupt) {
 		t.Errorf("error %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err = io.Copy(io.Discard, newCopyReader(ctx, strings.NewReader("1\n"+endOfData), tb))
+	_, err = io.Copy(io.Discard, newCopyReader(ctx, strings.NewReader("1\n"+endOfData), tb, tb.Stream))
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled: %v", err)
 	}
@@ -136,7 +136,7 @@ func TestEscapeName(t *testing.T) {
 func TestMetaCheck(t *testing.T) {
 	valid := func() *meta {
 		return &meta{Version: 1, Schemas: []string{"public", "a.b"}, Tables: []*table{
-			{Schema: "public", Name: "t", Columns: 2, Stream: "data/public.t.copy"},
+			{Schema: "public", Name: "t", Columns: 2, Stream: "data/public.t.copy", Parts: []string{"data/public.t.1.copy", "data/public.t.2.copy"}},
 			{Schema: "a.b", Name: "c/d", Columns: 0, Stream: "data/a%2Eb.c%2Fd.copy"},
 		}}
 	}
@@ -153,6 +153,10 @@ func TestMetaCheck(t *testing.T) {
 		"too many columns":   func(m *meta) { m.Tables[0].Columns = maxColumns + 1 },
 		"empty table name":   func(m *meta) { m.Tables[0].Name, m.Tables[0].Stream = "", "data/public..copy" },
 		"null table":         func(m *meta) { m.Tables[1] = nil },
+		"parts out of order": func(m *meta) { m.Tables[0].Parts[0], m.Tables[0].Parts[1] = m.Tables[0].Parts[1], m.Tables[0].Parts[0] },
+		"part of another":    func(m *meta) { m.Tables[0].Parts[1] = "data/a%2Eb.c%2Fd.copy" },
+		"duplicate part":     func(m *meta) { m.Tables[0].Parts[1] = m.Tables[0].Parts[0] },
+		"part 0":             func(m *meta) { m.Tables[0].Parts = []string{"data/public.t.0.copy"} },
 		"NUL in schema name": func(m *meta) { m.Schemas[0] = "a\x00" },
 	} {
 		m := valid()

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
@@ -24,14 +25,24 @@ type Dumper struct {
 	// Schemas are the schemas to dump; empty: every schema but
 	// information_schema and the pg_* schemas.
 	Schemas []string
-	// Parallel is the number of tables copied at once (default 4).
+	// Parallel is the number of tables, or parts of tables, copied at
+	// once (default 4).
 	Parallel int
+	// SplitBytes is the size (pg_relation_size) from which a table is
+	// split into parts copied at once: min(Parallel, size/SplitBytes)
+	// parts of equal block ranges. 0: DefaultSplitBytes; negative: tables
+	// are not split. Tables are split only on PostgreSQL 14 or later
+	// (TID range scans).
+	SplitBytes int64
 	// PgDump is the path of pg_dump; empty: pg_dump in PATH, else
 	// /usr/lib/postgresql/<server major version>/bin/pg_dump, the first
 	// that is not older than the server.
 	PgDump string
 	Log    *slog.Logger // nil: slog.Default()
 }
+
+// DefaultSplitBytes is the default of Dumper.SplitBytes.
+const DefaultSplitBytes = 32 << 20
 
 // Dump implements snapshot.Dumper. Its stats are tables, rows, bytes (of
 // row data), sequences, and per table rows:<schema>.<table> and
@@ -50,6 +61,10 @@ func (d *Dumper) Dump(ctx context.Context, out snapshot.StreamWriter) (snapshot.
 		return stats, err
 	}
 	schemas, tables, err := src.tables(ctx, d.Schemas)
+	if err != nil {
+		return stats, err
+	}
+	parts, err := d.split(ctx, src, tables)
 	if err != nil {
 		return stats, err
 	}
@@ -92,15 +107,15 @@ func (d *Dumper) Dump(ctx context.Context, out snapshot.StreamWriter) (snapshot.
 	})
 	var mu sync.Mutex
 	g.Go(func() error {
-		return src.eachTable(gctx, d.Parallel, tables, func(ctx context.Context, conn *pgx.Conn, t *table) error {
-			rows, n, err := dumpTable(ctx, conn, out, t)
+		return eachTable(gctx, src, d.Parallel, parts, func(ctx context.Context, conn *pgx.Conn, p *part) error {
+			rows, n, err := dumpPart(ctx, conn, out, p)
 			if err != nil {
 				return err
 			}
-			log.Debug("postgres: table copied", "table", t.key(), "rows", rows, "bytes", n)
+			log.Debug("postgres: table copied", "table", p.t.key(), "stream", p.stream, "rows", rows, "bytes", n)
 			mu.Lock()
 			defer mu.Unlock()
-			addTable(stats, t, rows, n)
+			addTable(stats, p.t, p.stream, rows, n)
 			return nil
 		})
 	})
@@ -124,12 +139,90 @@ func (d *Dumper) Dump(ctx context.Context, out snapshot.StreamWriter) (snapshot.
 	return stats, nil
 }
 
-// dumpTable writes a table's data stream: its rows in COPY text format,
-// then the end-of-data line. It returns the number of rows and their bytes.
-func dumpTable(ctx context.Context, conn *pgx.Conn, out snapshot.StreamWriter, t *table) (rows, n int64, err error) {
-	err = writeStream(out, t.Stream, func(w io.Writer) error {
+// A part is one data stream of a table: the rows in the blocks [from, to)
+// of the table, or every row when whole. to < 0 is the end of the table.
+type part struct {
+	t        *table
+	stream   string
+	whole    bool
+	from, to int64
+}
+
+// split sets the Parts of the tables large enough to be split and returns
+// every data stream to write, the largest tables' first. Only plain tables
+// are listed (partitioned parents have no rows of their own).
+func (d *Dumper) split(ctx context.Context, src *source, tables []*table) ([]*part, error) {
+	threshold := d.SplitBytes
+	if threshold == 0 {
+		threshold = DefaultSplitBytes
+	}
+	parallel := d.Parallel
+	if parallel <= 0 {
+		parallel = defaultParallel
+	}
+	var blockSize int64
+	if threshold > 0 && parallel > 1 && src.versionNum >= 140000 {
+		if err := src.conn.QueryRow(ctx, "SELECT current_setting('block_size')::bigint").Scan(&blockSize); err != nil {
+			return nil, fmt.Errorf("postgres: block size: %w", err)
+		}
+	}
+	var parts []*part
+	for _, t := range tables {
+		n := int64(1)
+		if blockSize > 0 && t.Columns > 0 {
+			n = min(int64(parallel), t.bytes/threshold)
+		}
+		blocks := t.bytes / max(blockSize, 1)
+		if n <= 1 || blocks < n {
+			parts = append(parts, &part{t: t, stream: t.Stream, whole: true})
+			continue
+		}
+		per := (blocks + n - 1) / n
+		for i := range n {
+			p := &part{t: t, stream: t.Stream, from: i * per, to: (i + 1) * per}
+			if i > 0 {
+				p.stream = partStream(t.Schema, t.Name, int(i))
+				t.Parts = append(t.Parts, p.stream)
+			}
+			if i == n-1 {
+				p.to = -1 // open-ended, whatever the table's size
+			}
+			parts = append(parts, p)
+		}
+	}
+	return parts, nil
+}
+
+// query returns the COPY … TO STDOUT statement of the part: that of the
+// whole table, or a SELECT of the table's COPY columns in its block range.
+func (p *part) query() string {
+	if p.whole {
+		return "COPY " + p.t.ident() + " TO STDOUT"
+	}
+	cols := make([]string, len(p.t.cols))
+	for i, c := range p.t.cols {
+		cols[i] = pgx.Identifier{c}.Sanitize()
+	}
+	var where []string
+	if p.from > 0 {
+		where = append(where, fmt.Sprintf("ctid >= '(%d,0)'::tid", p.from))
+	}
+	if p.to >= 0 {
+		where = append(where, fmt.Sprintf("ctid < '(%d,0)'::tid", p.to))
+	}
+	q := "SELECT " + strings.Join(cols, ", ") + " FROM ONLY " + p.t.ident()
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	return "COPY (" + q + ") TO STDOUT"
+}
+
+// dumpPart writes a data stream: the part's rows in COPY text format, then
+// the end-of-data line. It returns the number of rows and their bytes.
+func dumpPart(ctx context.Context, conn *pgx.Conn, out snapshot.StreamWriter, p *part) (rows, n int64, err error) {
+	err = writeStream(out, p.stream, func(w io.Writer) error {
 		cw := &countWriter{w: w}
-		if rows, err = copyOut(ctx, conn, t, cw); err != nil {
+		if rows, err = copyQuery(ctx, conn, p.t.key(), p.query(), cw); err != nil {
 			return err
 		}
 		n = cw.n
@@ -139,9 +232,12 @@ func dumpTable(ctx context.Context, conn *pgx.Conn, out snapshot.StreamWriter, t
 	return rows, n, err
 }
 
-// addTable adds a table's counts to stats.
-func addTable(stats snapshot.Stats, t *table, rows, bytes int64) {
-	stats.Add("tables", 1)
+// addTable adds the counts of a table's data stream to stats; the table is
+// counted with its first stream.
+func addTable(stats snapshot.Stats, t *table, stream string, rows, bytes int64) {
+	if stream == t.Stream {
+		stats.Add("tables", 1)
+	}
 	stats.Add("rows", rows)
 	stats.Add("bytes", bytes)
 	stats.Add("rows:"+t.key(), rows)

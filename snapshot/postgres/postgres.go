@@ -14,6 +14,9 @@
 //	pre-data.sql               pg_dump --section=pre-data (types, functions, tables, …)
 //	data/<schema>.<table>.copy one per table, in no fixed order: the COPY text rows,
 //	                           then the end-of-data line `\.`
+//	data/<schema>.<table>.<n>.copy
+//	                           n = 1, 2, …: the further parts of a large table, split
+//	                           by block (ctid) ranges, each a data stream of its own
 //	post-data.sql              pg_dump --section=post-data (indexes, constraints,
 //	                           triggers, REFRESH MATERIALIZED VIEW)
 //	sequences.sql              one pg_catalog.setval call per sequence
@@ -29,6 +32,14 @@
 // installed elsewhere, that their objects depend on (as PostgreSQL records
 // dependencies: a column's type, an index's operator class, a default's
 // function; not the calls inside a PL/pgSQL body).
+//
+// A table whose pg_relation_size is at least Dumper.SplitBytes is split
+// into up to Dumper.Parallel parts by block ranges (TID range scans,
+// PostgreSQL 14 or later), copied at once by the parallel workers and
+// loaded at once by the parallel loaders. meta.json lists a table's
+// further parts in "parts"; a snapshot without them (from an older
+// stackport) has one stream per table. An older stackport refuses a
+// snapshot with parts: their streams are not tables it knows.
 //
 // Restore runs in one transaction on one connection, so that a failed or
 // interrupted restore leaves the target as it was; or, with
@@ -47,6 +58,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -97,7 +109,17 @@ type table struct {
 	Name    string `json:"name"`
 	Columns int    `json:"columns"` // columns in the COPY rows (without generated ones)
 	Stream  string `json:"stream"`
+	// Parts are the further data streams of the table, in order: its
+	// rows are those of Stream and of every part.
+	Parts []string `json:"parts,omitempty"`
+
+	// Set by Dump only, not in meta.json.
+	cols  []string // the COPY columns, in order
+	bytes int64    // pg_relation_size
 }
+
+// streams returns the table's data streams: Stream, then the parts.
+func (t *table) streams() []string { return append([]string{t.Stream}, t.Parts...) }
 
 // key names the table in stats, digests and messages: the escaped schema
 // and table names joined by a dot, as in its stream name.
@@ -109,6 +131,12 @@ func (t *table) ident() string { return pgx.Identifier{t.Schema, t.Name}.Sanitiz
 // dataStream returns the name of a table's data stream.
 func dataStream(schema, name string) string {
 	return dataPrefix + escapeName(schema) + "." + escapeName(name) + dataSuffix
+}
+
+// partStream returns the name of the data stream of part n (1, 2, …) of a
+// table, which does not clash with any table's: names escape '.'.
+func partStream(schema, name string, n int) string {
+	return dataPrefix + escapeName(schema) + "." + escapeName(name) + "." + strconv.Itoa(n) + dataSuffix
 }
 
 // escapeName writes every byte of an SQL name but ASCII letters, digits,
@@ -157,6 +185,12 @@ func (m *meta) check() error {
 			return corrupt(metaStream, "table %s: bad or duplicate stream name %q", t.key(), t.Stream)
 		}
 		streams[t.Stream] = true
+		for i, p := range t.Parts {
+			if p != partStream(t.Schema, t.Name, i+1) || streams[p] {
+				return corrupt(metaStream, "table %s: bad or duplicate part stream name %q", t.key(), p)
+			}
+			streams[p] = true
+		}
 	}
 	return nil
 }

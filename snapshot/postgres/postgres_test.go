@@ -597,6 +597,7 @@ func TestPostgres(t *testing.T) {
 	})
 
 	t.Run("parallel", func(t *testing.T) { testParallel(t, dst, store, stats, wantContent, wantCatalog) })
+	t.Run("split tables", func(t *testing.T) { testSplit(t, src, dst, srcURL, store, stats, wantContent, wantCatalog) })
 	t.Run("superuser objects", func(t *testing.T) { testSuperuserObjects(t, src, dst) })
 	t.Run("extensions elsewhere", func(t *testing.T) { testExtensionsElsewhere(t, src, dst) })
 

@@ -19,17 +19,19 @@ type sink interface {
 	begin(m *meta) error
 	// script handles an SQL script; it must read sc to io.EOF.
 	script(name string, sc *scanner) error
-	// table handles a table's rows; it must read r to io.EOF. When
-	// readSnapshot is given more than one loader, table is called for
-	// several tables at once, each on a goroutine of its own, with a
-	// context that is cancelled when one of them fails.
+	// table handles the rows of one data stream of t (r.stream: t.Stream
+	// or one of t.Parts); it must read r to io.EOF. It is called once per
+	// stream, so more than once for a table with parts. When readSnapshot
+	// is given more than one loader, table is called for several streams
+	// at once (parts of the same table too), each on a goroutine of its
+	// own, with a context that is cancelled when one of them fails.
 	table(ctx context.Context, t *table, r *copyReader) error
 	end() error
 }
 
 // readSnapshot reads the streams of a snapshot in the order Dump writes
-// them, checks that every table listed in meta.json has exactly one data
-// stream, decodes every stream and passes it to s. Up to loaders tables
+// them, checks that every data stream of every table listed in meta.json
+// (Stream and Parts) comes exactly once, decodes every stream and passes it to s. Up to loaders tables
 // (at least one) are passed to s at once; with one, each table stream is
 // closed before the next is opened.
 func readSnapshot(ctx context.Context, in snapshot.StreamReader, s sink, loaders int) (snapshot.Stats, error) {
@@ -78,7 +80,9 @@ func readSnapshot(ctx context.Context, in snapshot.StreamReader, s sink, loaders
 func readTables(ctx context.Context, in snapshot.StreamReader, s sink, m *meta, stats snapshot.Stats, loaders int) (string, io.ReadCloser, error) {
 	byStream := make(map[string]*table, len(m.Tables))
 	for _, t := range m.Tables {
-		byStream[t.Stream] = t
+		for _, name := range t.streams() {
+			byStream[name] = t
+		}
 	}
 	var mu sync.Mutex
 	var first error // guarded by mu
@@ -90,11 +94,11 @@ func readTables(ctx context.Context, in snapshot.StreamReader, s sink, m *meta, 
 		}
 		return err
 	}
-	load := func(ctx context.Context, t *table, rc io.ReadCloser) error {
-		cr := newCopyReader(ctx, rc, t)
+	load := func(ctx context.Context, t *table, name string, rc io.ReadCloser) error {
+		cr := newCopyReader(ctx, rc, t, name)
 		err := s.table(ctx, t, cr)
 		if err == nil && !cr.done {
-			err = fmt.Errorf("postgres: %s: not read to its end", t.Stream) // a bug of the sink
+			err = fmt.Errorf("postgres: %s: not read to its end", name) // a bug of the sink
 		}
 		if err != nil {
 			// Recorded before the stream is closed: closing a Pipe's
@@ -105,11 +109,11 @@ func readTables(ctx context.Context, in snapshot.StreamReader, s sink, m *meta, 
 			return err
 		}
 		if err := rc.Close(); err != nil {
-			return fail(fmt.Errorf("postgres: close %s: %w", t.Stream, err))
+			return fail(fmt.Errorf("postgres: close %s: %w", name, err))
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		addTable(stats, t, cr.rows, cr.bytes)
+		addTable(stats, t, name, cr.rows, cr.bytes)
 		return nil
 	}
 
@@ -149,12 +153,12 @@ func readTables(ctx context.Context, in snapshot.StreamReader, s sink, m *meta, 
 		t := byStream[name]
 		if t == nil {
 			rc.Close()
-			fail(corrupt(name, "unexpected stream (not a table of %s, or a second stream for one)", metaStream))
+			fail(corrupt(name, "unexpected stream (not a data stream of a table of %s, or a second one for it)", metaStream))
 			break
 		}
 		delete(byStream, name)
 		if loaders <= 1 {
-			err := load(gctx, t, rc)
+			err := load(gctx, t, name, rc)
 			<-slots
 			if err != nil {
 				break
@@ -163,7 +167,7 @@ func readTables(ctx context.Context, in snapshot.StreamReader, s sink, m *meta, 
 		}
 		g.Go(func() error {
 			defer func() { <-slots }()
-			return load(gctx, t, rc)
+			return load(gctx, t, name, rc)
 		})
 	}
 	cancel()
@@ -171,16 +175,18 @@ func readTables(ctx context.Context, in snapshot.StreamReader, s sink, m *meta, 
 	return "", nil, first
 }
 
-// checkAllTables returns an error naming the tables of m whose data
-// streams are still in byStream, not read.
+// checkAllTables returns an error naming the tables of m, and their data
+// streams, that are still in byStream, not read.
 func checkAllTables(m *meta, byStream map[string]*table) error {
 	if len(byStream) == 0 {
 		return nil
 	}
 	var missing []string
 	for _, t := range m.Tables {
-		if byStream[t.Stream] != nil {
-			missing = append(missing, t.key())
+		for _, name := range t.streams() {
+			if byStream[name] != nil {
+				missing = append(missing, t.key()+" ("+name+")")
+			}
 		}
 	}
 	return fmt.Errorf("postgres: no data stream for table %s: %w", strings.Join(missing, ", "), snapshot.ErrCorrupt)

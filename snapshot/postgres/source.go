@@ -80,8 +80,9 @@ func (s *source) tables(ctx context.Context, want []string) ([]string, []*table,
 	}
 
 	rows, err = s.conn.Query(ctx, `SELECT n.nspname, c.relname,
-			(SELECT count(*) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
-				AND NOT a.attisdropped AND a.attgenerated = '')::int
+			array(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+				AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum),
+			pg_relation_size(c.oid)
 		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE c.relkind = 'r' AND n.nspname = ANY($1) AND NOT `+extensionMember+`
 		ORDER BY pg_relation_size(c.oid) DESC, n.nspname, c.relname`, schemas)
@@ -90,7 +91,8 @@ func (s *source) tables(ctx context.Context, want []string) ([]string, []*table,
 	}
 	tables, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*table, error) {
 		t := &table{}
-		err := row.Scan(&t.Schema, &t.Name, &t.Columns)
+		err := row.Scan(&t.Schema, &t.Name, &t.cols, &t.bytes)
+		t.Columns = len(t.cols)
 		t.Stream = dataStream(t.Schema, t.Name)
 		return t, err
 	})
@@ -109,9 +111,10 @@ func (s *source) tables(ctx context.Context, want []string) ([]string, []*table,
 	return schemas, tables, nil
 }
 
-// eachTable calls fn for every table, on up to parallel connections at
-// once, each in a transaction that uses the source's snapshot.
-func (s *source) eachTable(ctx context.Context, parallel int, tables []*table, fn func(context.Context, *pgx.Conn, *table) error) error {
+// eachTable calls fn for every item (a table, or a part of one), on up to
+// parallel connections of s at once, each in a transaction that uses the
+// source's snapshot.
+func eachTable[T any](ctx context.Context, s *source, parallel int, tables []T, fn func(context.Context, *pgx.Conn, T) error) error {
 	if parallel <= 0 {
 		parallel = defaultParallel
 	}
@@ -173,9 +176,15 @@ func (s *source) worker(ctx context.Context, idle chan *pgx.Conn) (*pgx.Conn, er
 
 // copyOut copies a table's rows in COPY text format to w.
 func copyOut(ctx context.Context, conn *pgx.Conn, t *table, w io.Writer) (rows int64, err error) {
-	tag, err := conn.PgConn().CopyTo(ctx, w, "COPY "+t.ident()+" TO STDOUT")
+	return copyQuery(ctx, conn, t.key(), "COPY "+t.ident()+" TO STDOUT", w)
+}
+
+// copyQuery runs the COPY … TO STDOUT statement q, of the table named key,
+// and writes its rows to w.
+func copyQuery(ctx context.Context, conn *pgx.Conn, key, q string, w io.Writer) (rows int64, err error) {
+	tag, err := conn.PgConn().CopyTo(ctx, w, q)
 	if err != nil {
-		return 0, fmt.Errorf("postgres: copy table %s: %w", t.key(), err)
+		return 0, fmt.Errorf("postgres: copy table %s: %w", key, err)
 	}
 	return tag.RowsAffected(), nil
 }

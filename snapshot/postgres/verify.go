@@ -28,11 +28,12 @@ type Verifier struct {
 
 // Restore implements snapshot.Restorer.
 func (v Verifier) Restore(ctx context.Context, in snapshot.StreamReader) (snapshot.Stats, error) {
-	return readSnapshot(ctx, in, &verifySink{digests: v.Digests}, 1)
+	return readSnapshot(ctx, in, &verifySink{digests: v.Digests, rows: map[string]*rowDigest{}}, 1)
 }
 
 type verifySink struct {
 	digests map[string]TableDigest
+	rows    map[string]*rowDigest // by table key: a table's parts add to one digest
 }
 
 func (s *verifySink) begin(*meta) error { return nil }
@@ -46,7 +47,11 @@ func (s *verifySink) table(_ context.Context, t *table, r *copyReader) error {
 		_, err := io.Copy(io.Discard, r)
 		return err
 	}
-	d := newRowDigest()
+	d := s.rows[t.key()]
+	if d == nil {
+		d = newRowDigest()
+		s.rows[t.key()] = d
+	}
 	if _, err := io.Copy(d, r); err != nil {
 		return err
 	}
@@ -82,7 +87,8 @@ func eachStatement(name string, sc *scanner, fn func(*statement) error) error {
 
 // ExportSQL writes a snapshot as one plain SQL script, as pg_dump's plain
 // format does, that `psql -f FILE` restores into an empty database:
-// pre-data, a COPY … FROM stdin block per table, post-data, then the
+// pre-data, a COPY … FROM stdin block per data stream (one per table, or
+// per part of a split table), post-data, then the
 // sequences' values. Owners and privileges are those of the source. The
 // script runs under psql's \restrict (PostgreSQL 15.14 or later), so that
 // nothing in it can run psql meta-commands. The snapshot is checked as by
@@ -147,7 +153,7 @@ func Digest(ctx context.Context, url string, schemas []string) (map[string]Table
 	}
 	digests := make(map[string]TableDigest, len(tables))
 	var mu sync.Mutex
-	err = src.eachTable(ctx, defaultParallel, tables, func(ctx context.Context, conn *pgx.Conn, t *table) error {
+	err = eachTable(ctx, src, defaultParallel, tables, func(ctx context.Context, conn *pgx.Conn, t *table) error {
 		d := newRowDigest()
 		if _, err := copyOut(ctx, conn, t, d); err != nil {
 			return err
