@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"github.com/stackport/stackport/internal/streamtest"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -13,7 +13,9 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/stackport/stackport/internal/faultproxy"
 	"github.com/stackport/stackport/internal/lab"
+	"github.com/stackport/stackport/internal/streamtest"
 	"github.com/stackport/stackport/snapshot"
 )
 
@@ -234,29 +236,39 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// killAt kills the target's client connections (but its own) each time the
-// target's database 0 has grown past one of the sizes, until done closes.
-func killAt(t testing.TB, admin *goredis.Client, sizes []int64, done <-chan struct{}) *sync.WaitGroup {
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		ctx := context.Background()
-		for len(sizes) > 0 {
-			select {
-			case <-done:
-				return
-			case <-time.After(time.Millisecond):
-			}
-			if n, err := admin.DBSize(ctx).Result(); err == nil && n >= sizes[0] {
-				if err := admin.ClientKillByFilter(ctx, "TYPE", "normal", "SKIPME", "yes").Err(); err != nil {
-					t.Errorf("CLIENT KILL: %v", err)
-					return
-				}
-				sizes = sizes[1:]
-			}
-		}
-	})
-	return &wg
+// killingReader hands out the streams of r; each time the bytes the
+// restorer has read pass one of the offsets, it arms the proxy between the
+// restorer and the target to reset every connection 64 KiB later: in the
+// middle of the next batch of RESTOREs, whatever the machine's speed.
+type killingReader struct {
+	r       *streamtest.Reader
+	proxy   *faultproxy.Proxy
+	offsets []int64
+	read    int64
 }
+
+func (k *killingReader) Next() (string, io.ReadCloser, error) {
+	name, rc, err := k.r.Next()
+	if err != nil {
+		return name, rc, err
+	}
+	return name, struct {
+		io.Reader
+		io.Closer
+	}{readerFunc(func(p []byte) (int, error) {
+		n, err := rc.Read(p)
+		k.read += int64(n)
+		for len(k.offsets) > 0 && k.read >= k.offsets[0] {
+			k.offsets = k.offsets[1:]
+			k.proxy.ResetAfter(64 << 10)
+		}
+		return n, err
+	}), rc}, nil
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 
 func TestConnectionKilledMidRestore(t *testing.T) {
 	ctx := context.Background()
@@ -265,14 +277,21 @@ func TestConnectionKilledMidRestore(t *testing.T) {
 	must(t, plainClient(t, srcURL, 0).Do(ctx, "DEBUG", "POPULATE", n, "key", 20).Err())
 	m, _ := dump(t, srcURL)
 
-	_, targetURL := lab.Redis(t)
+	target, targetURL := lab.Redis(t)
 	admin := plainClient(t, targetURL, 0)
+	proxy := faultproxy.New(t, target.Addr)
 	var logs lockedBuffer
-	done := make(chan struct{})
-	wg := killAt(t, admin, []int64{5_000, 20_000, 40_000}, done)
-	stats, err := (&Restorer{URL: targetURL, Log: slog.New(slog.NewTextHandler(&logs, nil))}).Restore(ctx, m.Reader())
-	close(done)
-	wg.Wait()
+	in := m.Reader()
+	var size int64
+	for _, st := range in.Streams {
+		size += int64(len(st.Data))
+	}
+	kr := &killingReader{r: in, proxy: proxy, offsets: []int64{size / 10, size / 3, size * 2 / 3}}
+	viaProxy := strings.Replace(targetURL, target.Addr, proxy.Addr(), 1)
+	stats, err := (&Restorer{URL: viaProxy, Log: slog.New(slog.NewTextHandler(&logs, nil))}).Restore(ctx, kr)
+	if resets := proxy.Stats().Resets; resets == 0 {
+		t.Fatalf("no connection was reset (%+v)", proxy.Stats())
+	}
 	if err != nil {
 		t.Fatalf("Restore: %v\n%s", err, logs.String())
 	}
