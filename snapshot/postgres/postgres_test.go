@@ -602,30 +602,38 @@ func TestPostgres(t *testing.T) {
 	t.Run("extensions elsewhere", func(t *testing.T) { testExtensionsElsewhere(t, src, dst) })
 
 	t.Run("export", func(t *testing.T) {
-		file := filepath.Join(t.TempDir(), "dump.sql")
-		f, err := os.Create(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		estats, err := ExportSQL(ctx, store.Reader(), f)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if estats["rows"] != stats["rows"] {
-			t.Errorf("export stats %v", estats)
-		}
-		src.newDB(t, "exported", "postgres")
-		url := src.dbURL(t, "exported", "postgres", "")
-		out, err := exec.Command(psqlPath, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", file).CombinedOutput()
-		if err != nil {
-			t.Fatalf("psql: %v\n%s", err, out)
-		}
-		checkSame(t, wantContent, contentOf(t, url), "content")
-		checkSame(t, wantCatalog, catalogOf(t, url), "catalog")
+		checkExport(t, src, "exported", store.Reader(), stats, wantContent, wantCatalog)
 	})
+}
+
+// checkExport exports in as SQL, checks the export's stats against the
+// dump's, runs the file with psql -f into a new database db of src (as
+// postgres) and checks that it holds wantContent and wantCatalog.
+func checkExport(t *testing.T, src cluster, db string, in snapshot.StreamReader, stats snapshot.Stats, wantContent map[string]string, wantCatalog []string) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "dump.sql")
+	f, err := os.Create(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	estats, err := ExportSQL(context.Background(), in, f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if estats["rows"] != stats["rows"] || estats["tables"] != stats["tables"] {
+		t.Errorf("export stats %v, dump %v", estats, stats)
+	}
+	src.newDB(t, db, "postgres")
+	url := src.dbURL(t, db, "postgres", "")
+	out, err := exec.Command(psqlPath, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", file).CombinedOutput()
+	if err != nil {
+		t.Fatalf("psql: %v\n%s", err, out)
+	}
+	checkSame(t, wantContent, contentOf(t, url), "content")
+	checkSame(t, wantCatalog, catalogOf(t, url), "catalog")
 }
 
 // cancelAt is a StreamReader that calls cancel when it opens the stream

@@ -3,9 +3,6 @@ package postgres
 import (
 	"context"
 	"encoding/json"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -142,28 +139,6 @@ func testSplit(t *testing.T, src, dst cluster, srcURL string, whole *streamtest.
 	})
 
 	t.Run("export", func(t *testing.T) {
-		file := filepath.Join(t.TempDir(), "dump.sql")
-		f, err := os.Create(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		estats, err := ExportSQL(ctx, store.Reader(), f)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if estats["rows"] != stats["rows"] || estats["tables"] != stats["tables"] {
-			t.Errorf("export stats %v", estats)
-		}
-		src.newDB(t, "exportedsplit", "postgres")
-		url := src.dbURL(t, "exportedsplit", "postgres", "")
-		out, err := exec.Command(psqlPath, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", file).CombinedOutput()
-		if err != nil {
-			t.Fatalf("psql: %v\n%s", err, out)
-		}
-		checkSame(t, wantContent, contentOf(t, url), "content")
-		checkSame(t, wantCatalog, catalogOf(t, url), "catalog")
+		checkExport(t, src, "exportedsplit", store.Reader(), stats, wantContent, wantCatalog)
 	})
 }
