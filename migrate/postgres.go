@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/stackport/stackport/snapshot"
 	"github.com/stackport/stackport/snapshot/postgres"
 )
 
@@ -172,7 +173,7 @@ func (c Postgres) planSource(ctx context.Context, f *Finding, src *pgServer, sch
 	if err == nil {
 		f.Bytes = bytes
 	}
-	f.note("source: %d schemas (%s), %d tables, %d rows, %s on disk without indexes", len(schemas), strings.Join(schemas, ", "), len(counts), f.Items, sizeString(max(f.Bytes, 0)))
+	f.note("source: %d schemas (%s), %d tables, %d rows, %s on disk without indexes", len(schemas), strings.Join(schemas, ", "), len(counts), f.Items, snapshot.HumanBytes(max(f.Bytes, 0)))
 	var blobs int64
 	if err := src.conn.QueryRow(ctx, "SELECT count(*) FROM pg_largeobject_metadata").Scan(&blobs); err == nil && blobs > 0 {
 		if len(c.Schemas) == 0 {

@@ -160,7 +160,7 @@ func (c Redis) Plan(ctx context.Context) Finding {
 		f.Bytes = n
 	}
 	if f.Bytes >= 0 {
-		f.note("source: %d keys in %d databases, %s of memory for data (the dump is smaller)", f.Items, len(keyspace), sizeString(f.Bytes))
+		f.note("source: %d keys in %d databases, %s of memory for data (the dump is smaller)", f.Items, len(keyspace), snapshot.HumanBytes(f.Bytes))
 	}
 
 	// Every command the target receives, each probed without writing.
@@ -299,11 +299,11 @@ func (c Redis) planMemory(f *Finding, srcInfo, dstInfo string) {
 	}
 	switch {
 	case need > free && policy == "noeviction":
-		f.block("target maxmemory %s leaves %s free, the source's data takes %s: the target would refuse writes (OOM)", sizeString(limit), sizeString(max(free, 0)), sizeString(need))
+		f.block("target maxmemory %s leaves %s free, the source's data takes %s: the target would refuse writes (OOM)", snapshot.HumanBytes(limit), snapshot.HumanBytes(max(free, 0)), snapshot.HumanBytes(need))
 	case need > free:
-		f.block("target maxmemory %s leaves %s free, the source's data takes %s: with maxmemory-policy %s the target would evict keys", sizeString(limit), sizeString(max(free, 0)), sizeString(need), policy)
+		f.block("target maxmemory %s leaves %s free, the source's data takes %s: with maxmemory-policy %s the target would evict keys", snapshot.HumanBytes(limit), snapshot.HumanBytes(max(free, 0)), snapshot.HumanBytes(need), policy)
 	default:
-		f.note("target: maxmemory %s, %s free, the source's data takes %s", sizeString(limit), sizeString(free), sizeString(need))
+		f.note("target: maxmemory %s, %s free, the source's data takes %s", snapshot.HumanBytes(limit), snapshot.HumanBytes(free), snapshot.HumanBytes(need))
 	}
 	if policy != "" && policy != "noeviction" {
 		f.note("warning: target maxmemory-policy %s may evict keys under memory pressure (Memorystore's default is volatile-lru)", policy)

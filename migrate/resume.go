@@ -139,10 +139,10 @@ func prepareVolume(ctx context.Context, p Pair, d *volume.Dumper, r *volume.Rest
 		return p, res, err
 	case q.diff == "" && cs.Moved:
 		res.skip, res.units = true, []string{"volume"}
-		res.note("moved by an earlier run: the target's %d entries (%s) match the source by name, type and size: skipped", q.entries, sizeString(q.bytes))
+		res.note("moved by an earlier run: the target's %d entries (%s) match the source by name, type and size: skipped", q.entries, snapshot.HumanBytes(q.bytes))
 	case q.diff == "":
 		res.skip, res.units = true, []string{"volume"}
-		res.note("the target's %d entries (%s) match the source by name, type and size (the earlier run moved them, but stopped before recording it): skipped", q.entries, sizeString(q.bytes))
+		res.note("the target's %d entries (%s) match the source by name, type and size (the earlier run moved them, but stopped before recording it): skipped", q.entries, snapshot.HumanBytes(q.bytes))
 	case cs.Moved:
 		force("the target moved by an earlier run no longer matches the source (%s): moving it again, replacing the target's content", q.diff)
 	case cs.Writing:
@@ -652,18 +652,4 @@ func (drain) Restore(ctx context.Context, in snapshot.StreamReader) (snapshot.St
 			return nil, err
 		}
 	}
-}
-
-// sizeString formats bytes for notes.
-func sizeString(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -11,6 +11,7 @@ package snapshot
 
 import (
 	"context"
+	"fmt"
 	"io"
 )
 
@@ -20,6 +21,21 @@ type Stats map[string]int64
 
 // Add adds v to the counter named key.
 func (s Stats) Add(key string, v int64) { s[key] += v }
+
+// HumanBytes formats a number of bytes with binary units: "512 B",
+// "1.5 MiB".
+func HumanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
 
 // A StreamWriter creates the named streams of one component.
 //

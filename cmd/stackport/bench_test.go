@@ -21,6 +21,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/bson"
 
 	"github.com/stackport/stackport/internal/lab"
+	"github.com/stackport/stackport/snapshot"
 )
 
 // TestMain runs the package's tests and benchmarks, then prints the summary
@@ -75,7 +76,7 @@ func printSummary(w io.Writer) {
 		if r.ratio > 0 {
 			ratio = fmt.Sprintf("%.2f", r.ratio)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.op, r.data, r.rate, stock, ratio, humanBytes(r.rss))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.op, r.data, r.rate, stock, ratio, snapshot.HumanBytes(r.rss))
 	}
 	tw.Flush()
 }
@@ -160,7 +161,7 @@ func benchOnce(b *testing.B, bin, work, tree string, size int64) {
 	b.ReportMetric(float64(snapRSS)/(1<<20), "snapshot-peak-RSS-MiB")
 	b.ReportMetric(spRestore.Seconds()/stockRestore.Seconds(), "restore-time/stock")
 	b.ReportMetric(float64(restoreRSS)/(1<<20), "restore-peak-RSS-MiB")
-	data := humanBytes(size) + " mixed tree"
+	data := snapshot.HumanBytes(size) + " mixed tree"
 	addSummary(summaryRow{op: "snapshot --volume", data: data, rate: mibPerSec(size, spSnap),
 		stock: "tar | zstd -3 -T0", ratio: stockSnap.Seconds() / spSnap.Seconds(), rss: snapRSS})
 	addSummary(summaryRow{op: "restore --volume-to", data: data, rate: mibPerSec(size, spRestore),

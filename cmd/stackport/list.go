@@ -103,7 +103,7 @@ func runList(ctx context.Context, g *globalOptions) error {
 		}
 		slices.Sort(tags)
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.ID, e.Created.Local().Format(time.DateTime), e.Host,
-			strings.Join(e.Components, ","), humanBytes(e.StoredBytes), humanBytes(e.RawBytes), strings.Join(tags, ","))
+			strings.Join(e.Components, ","), snapshot.HumanBytes(e.StoredBytes), snapshot.HumanBytes(e.RawBytes), strings.Join(tags, ","))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -716,7 +716,7 @@ func printMigrateReport(g *globalOptions, rep *migrate.Report, state, envFile st
 	tw := tabwriter.NewWriter(g.stderr, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "COMPONENT\tITEMS\tBYTES\tTIME\tRESULT")
 	for _, c := range rep.Components {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", c.Kind, c.Items, humanBytes(c.Bytes), c.Duration.Round(time.Millisecond), c.Result)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", c.Kind, c.Items, snapshot.HumanBytes(c.Bytes), c.Duration.Round(time.Millisecond), c.Result)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -787,7 +787,7 @@ func printPlan(g *globalOptions, rep *migrate.PlanReport, extras ...planExtra) e
 				items = fmt.Sprint(f.Items)
 			}
 			if f.Bytes >= 0 {
-				bytes = humanBytes(f.Bytes)
+				bytes = snapshot.HumanBytes(f.Bytes)
 				estimate = roundEstimate(f.Estimate)
 			}
 			if len(f.Blockers) > 0 {

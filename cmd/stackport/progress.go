@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/stackport/stackport/snapshot"
 )
 
 // progress reports long work: a bar with bytes, rate and ETA on a terminal,
@@ -91,28 +93,14 @@ func (p *progress) report() {
 		p.g.logger().Log(nil, slog.LevelInfo, p.label, args...)
 		return
 	}
-	line := fmt.Sprintf("%s %s  %s/s", p.label, humanBytes(done), humanBytes(int64(rate)))
+	line := fmt.Sprintf("%s %s  %s/s", p.label, snapshot.HumanBytes(done), snapshot.HumanBytes(int64(rate)))
 	if p.total > 0 {
 		frac := min(float64(done)/float64(p.total), 1)
 		const width = 24
 		fill := int(frac * width)
 		line = fmt.Sprintf("%s %3.0f%% [%s%s] %s / %s  %s/s  ETA %s", p.label, frac*100,
 			strings.Repeat("=", fill), strings.Repeat(" ", width-fill),
-			humanBytes(done), humanBytes(p.total), humanBytes(int64(rate)), eta)
+			snapshot.HumanBytes(done), snapshot.HumanBytes(p.total), snapshot.HumanBytes(int64(rate)), eta)
 	}
 	fmt.Fprintf(p.g.stderr, "\r\033[K%s", line)
-}
-
-// humanBytes formats n with binary units.
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -291,7 +291,7 @@ func summary(stats snapshot.Stats) string {
 		}
 	}
 	if v, ok := stats["bytes"]; ok {
-		parts = append(parts, humanBytes(v))
+		parts = append(parts, snapshot.HumanBytes(v))
 	}
 	return strings.Join(parts, ", ")
 }

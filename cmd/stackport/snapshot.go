@@ -262,6 +262,6 @@ func takeSnapshot(ctx context.Context, g *globalOptions, opts snapshotOptions) (
 			log.Warn("some files changed or could not be read during the snapshot; see the warnings above", "component", c.Kind)
 		}
 	}
-	log.Info("snapshot committed", "id", m.ID, "stored", humanBytes(m.StoredSize()), "raw", humanBytes(m.RawSize()))
+	log.Info("snapshot committed", "id", m.ID, "stored", snapshot.HumanBytes(m.StoredSize()), "raw", snapshot.HumanBytes(m.RawSize()))
 	return m, nil
 }

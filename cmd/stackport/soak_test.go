@@ -21,6 +21,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/stackport/stackport/internal/lab"
+	"github.com/stackport/stackport/snapshot"
 	"github.com/stackport/stackport/storage"
 )
 
@@ -155,7 +156,7 @@ func TestSoak(t *testing.T) {
 		samples[run] = sample{heap: int64(ms.HeapInuse), fds: fds, goroutines: int64(runtime.NumGoroutine())}
 		if run%10 == 0 || run == 1 {
 			t.Logf("run %d: heap in use %s, %d open fds, %d goroutines, writer %d rounds", run,
-				humanBytes(int64(ms.HeapInuse)), fds, runtime.NumGoroutine(), w.rounds())
+				snapshot.HumanBytes(int64(ms.HeapInuse)), fds, runtime.NumGoroutine(), w.rounds())
 		}
 	}
 	stopWriter()
@@ -169,12 +170,12 @@ func TestSoak(t *testing.T) {
 	fmt.Fprintln(tw, "operation\tdata size\truns\tmean time\tpeak heap\tmax fds\t")
 	for _, op := range m.order {
 		s := m.ops[op]
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%v\t%s\t%d\t\n", op, humanBytes(s.bytes/int64(s.runs)), s.runs,
-			(s.time / time.Duration(s.runs)).Round(time.Millisecond), humanBytes(s.peakHeap), s.maxFDs)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%v\t%s\t%d\t\n", op, snapshot.HumanBytes(s.bytes/int64(s.runs)), s.runs,
+			(s.time / time.Duration(s.runs)).Round(time.Millisecond), snapshot.HumanBytes(s.peakHeap), s.maxFDs)
 	}
 	tw.Flush()
 	fmt.Fprintf(&tbl, "after run %d / run %d: heap in use %s / %s (margin %s), open fds %d / %d, goroutines %d / %d; the writer made %d rounds of changes\n",
-		baseline, runs, humanBytes(b.heap), humanBytes(l.heap), humanBytes(heapMargin), b.fds, l.fds, b.goroutines, l.goroutines, w.rounds())
+		baseline, runs, snapshot.HumanBytes(b.heap), snapshot.HumanBytes(l.heap), snapshot.HumanBytes(heapMargin), b.fds, l.fds, b.goroutines, l.goroutines, w.rounds())
 	t.Logf("soak summary (%d runs, %s, %d CPUs):\n%s", runs, runtime.Version(), runtime.NumCPU(), tbl.String())
 	// The rows of the table printed at the end (see TestMain); the peak
 	// RSS is the test process's, which runs the commands in process.
@@ -182,14 +183,14 @@ func TestSoak(t *testing.T) {
 		s := m.ops[op]
 		data, rate := fmt.Sprintf("%d runs", s.runs), "—"
 		if s.bytes > 0 {
-			data = fmt.Sprintf("%s × %d runs", humanBytes(s.bytes/int64(s.runs)), s.runs)
+			data = fmt.Sprintf("%s × %d runs", snapshot.HumanBytes(s.bytes/int64(s.runs)), s.runs)
 			rate = mibPerSec(s.bytes, s.time)
 		}
 		addSummary(summaryRow{op: "soak: " + op, data: data, rate: rate, rss: s.peakRSS})
 	}
 
 	if l.heap > b.heap+heapMargin {
-		t.Errorf("the heap grew from %s after run %d to %s after run %d", humanBytes(b.heap), baseline, humanBytes(l.heap), runs)
+		t.Errorf("the heap grew from %s after run %d to %s after run %d", snapshot.HumanBytes(b.heap), baseline, snapshot.HumanBytes(l.heap), runs)
 	}
 	if l.fds > b.fds+4 {
 		t.Errorf("open file descriptors grew from %d after run %d to %d after run %d", b.fds, baseline, l.fds, runs)

@@ -137,7 +137,7 @@ func runVerify(ctx context.Context, g *globalOptions, opts verifyOptions, ref st
 			return perr
 		}
 	} else if err == nil {
-		fmt.Fprintf(g.stdout, "snapshot %s is intact: %d objects, %s checked\n", m.ID, res.Objects, humanBytes(res.Bytes))
+		fmt.Fprintf(g.stdout, "snapshot %s is intact: %d objects, %s checked\n", m.ID, res.Objects, snapshot.HumanBytes(res.Bytes))
 	}
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
