@@ -145,14 +145,7 @@ func testParallel(t *testing.T, dst cluster, store *streamtest.Store, stats snap
 				t.Errorf("restore stats[%s] = %d, dump %d", k, rstats[k], stats[k])
 			}
 		}
-		checkSame(t, wantContent, contentOf(t, url), "content")
-		checkSame(t, wantCatalog, catalogOf(t, url), "catalog")
-		if owners := queryStrings(t, url, `SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = ANY(string_to_array($1, ','))`, fixtureSchemas); !slices.Equal(owners, []string{restorer}) {
-			t.Errorf("owners %v, want %s", owners, restorer)
-		}
-		checkNextval(t, url, "appsmith.pages", "id", "INSERT INTO appsmith.pages (owner, title) SELECT id, 'new' FROM appsmith.users LIMIT 1 RETURNING id")
-		checkNextval(t, url, "temporal.tasks", "id", "INSERT INTO temporal.tasks (kind) VALUES ('new') RETURNING id")
-		checkNextval(t, url, "temporal.events", "id", "INSERT INTO temporal.events (shard, at) VALUES (1, now()) RETURNING id")
+		checkRestored(t, url, wantContent, wantCatalog)
 	})
 
 	// A table stream cut in the middle, while other tables load and

@@ -274,17 +274,7 @@ func TestPostgres(t *testing.T) {
 				t.Errorf("restore stats[%s] = %d, dump %d", k, rstats[k], stats[k])
 			}
 		}
-		checkSame(t, wantContent, contentOf(t, url), "content")
-		checkSame(t, wantCatalog, catalogOf(t, url), "catalog")
-		if owners := queryStrings(t, url, `SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = ANY(string_to_array($1, ','))`, fixtureSchemas); !slices.Equal(owners, []string{restorer}) {
-			t.Errorf("owners %v, want %s", owners, restorer)
-		}
-
-		// Sequences continue past the restored maximum.
-		checkNextval(t, url, "appsmith.pages", "id", "INSERT INTO appsmith.pages (owner, title) SELECT id, 'new' FROM appsmith.users LIMIT 1 RETURNING id")
-		checkNextval(t, url, "appsmith.pages", "position", "INSERT INTO appsmith.pages (owner, title) SELECT id, 'new' FROM appsmith.users LIMIT 1 RETURNING position")
-		checkNextval(t, url, "temporal.tasks", "id", "INSERT INTO temporal.tasks (kind) VALUES ('new') RETURNING id")
-		checkNextval(t, url, "temporal.events", "id", "INSERT INTO temporal.events (shard, at) VALUES (1, now()) RETURNING id")
+		checkRestored(t, url, wantContent, wantCatalog)
 
 		// Constraints and triggers work.
 		for _, bad := range []string{
@@ -604,6 +594,23 @@ func TestPostgres(t *testing.T) {
 	t.Run("export", func(t *testing.T) {
 		checkExport(t, src, "exported", store.Reader(), stats, wantContent, wantCatalog)
 	})
+}
+
+// checkRestored checks a restore of the fixture by the restorer role into
+// the database at url: content and catalog as the source's, every table
+// owned by the restorer, and sequences continuing past the restored
+// maximum.
+func checkRestored(t *testing.T, url string, wantContent map[string]string, wantCatalog []string) {
+	t.Helper()
+	checkSame(t, wantContent, contentOf(t, url), "content")
+	checkSame(t, wantCatalog, catalogOf(t, url), "catalog")
+	if owners := queryStrings(t, url, `SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = ANY(string_to_array($1, ','))`, fixtureSchemas); !slices.Equal(owners, []string{restorer}) {
+		t.Errorf("owners %v, want %s", owners, restorer)
+	}
+	checkNextval(t, url, "appsmith.pages", "id", "INSERT INTO appsmith.pages (owner, title) SELECT id, 'new' FROM appsmith.users LIMIT 1 RETURNING id")
+	checkNextval(t, url, "appsmith.pages", "position", "INSERT INTO appsmith.pages (owner, title) SELECT id, 'new' FROM appsmith.users LIMIT 1 RETURNING position")
+	checkNextval(t, url, "temporal.tasks", "id", "INSERT INTO temporal.tasks (kind) VALUES ('new') RETURNING id")
+	checkNextval(t, url, "temporal.events", "id", "INSERT INTO temporal.events (shard, at) VALUES (1, now()) RETURNING id")
 }
 
 // checkExport exports in as SQL, checks the export's stats against the
