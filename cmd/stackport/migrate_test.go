@@ -226,7 +226,7 @@ func TestMigrateAppsmithProfile(t *testing.T) {
 	seedMongo(t, src, 50)
 	stack := treetest.Fixture(t, t.TempDir())
 	for name, data := range map[string]string{
-		"configuration/docker.env": "APPSMITH_DB_URL=" + src + "appsmith\nAPPSMITH_ENCRYPTION_PASSWORD=pw\nAPPSMITH_ENCRYPTION_SALT=salt\n",
+		"configuration/docker.env": "APPSMITH_DB_URL=" + lab.MongoURI(src, "appsmith") + "\nAPPSMITH_ENCRYPTION_PASSWORD=pw\nAPPSMITH_ENCRYPTION_SALT=salt\n",
 		"data/mongodb/WiredTiger":  "raw database file",
 		"logs/backend/backend.log": "a log line",
 	} {
@@ -257,7 +257,7 @@ func TestMigrateAppsmithProfile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"\nAPPSMITH_DB_URL=" + dst + "appsmith\n", "\nAPPSMITH_ENABLE_EMBEDDED_DB=0\n",
+	for _, want := range []string{"\nAPPSMITH_DB_URL=" + lab.MongoURI(dst, "appsmith") + "\n", "\nAPPSMITH_ENABLE_EMBEDDED_DB=0\n",
 		"\nAPPSMITH_ENCRYPTION_PASSWORD=pw\n", "\nAPPSMITH_ENCRYPTION_SALT=salt\n"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("env file lacks %q:\n%s", strings.TrimSpace(want), b)

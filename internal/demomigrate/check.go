@@ -42,7 +42,7 @@ func checkEnvFile(path string, seed seeded, srv servers, pgTo string) error {
 		bad = append(bad, fmt.Sprintf("mode %v, not 0600", fi.Mode().Perm()))
 	}
 	for k, want := range map[string]string{
-		"APPSMITH_DB_URL":              srv.mongoDst + "appsmith",
+		"APPSMITH_DB_URL":              lab.MongoURI(srv.mongoDst, "appsmith"),
 		"APPSMITH_REDIS_URL":           srv.redisDst,
 		"APPSMITH_ENABLE_EMBEDDED_DB":  "0",
 		"APPSMITH_ENCRYPTION_PASSWORD": seed.password,

@@ -70,7 +70,7 @@ func seedStack(ctx context.Context, st *lab.Standalone, srv servers, stack strin
 	env := strings.Join([]string{
 		"# Appsmith's configuration (the demo's: the embedded databases are lab servers)",
 		"APPSMITH_INSTANCE_NAME=stackport demo",
-		"APPSMITH_DB_URL=" + srv.mongoSrc + "appsmith",
+		"APPSMITH_DB_URL=" + lab.MongoURI(srv.mongoSrc, "appsmith"),
 		"APPSMITH_REDIS_URL=" + srv.redisSrc,
 		"APPSMITH_KEYCLOAK_DB_URL=" + s.keycloakURL,
 		"APPSMITH_ENCRYPTION_PASSWORD=" + s.password,

@@ -203,9 +203,38 @@ func pgPing(ctx context.Context, addr string) error {
 }
 
 // Mongo starts FerretDB 1.24.2 with the SQLite handler (data in a temporary
-// directory) and returns mongodb://127.0.0.1:PORT/.
+// directory) as the one-node replica set rs0 with a real oplog, the way
+// Appsmith runs its embedded MongoDB: hello reports setName, and every
+// insert, update and delete is recorded in the capped collection
+// local.oplog.rs (1 GiB), created at the first start. It returns
+// mongodb://127.0.0.1:PORT/?directConnection=true (MongoURI adds a
+// database).
 func Mongo(t testing.TB) (*Server, string) {
 	t.Helper()
+	return startMongo(t, true)
+}
+
+// MongoStandalone starts FerretDB as Mongo does, but as a standalone server
+// without an oplog, and returns mongodb://127.0.0.1:PORT/.
+func MongoStandalone(t testing.TB) (*Server, string) {
+	t.Helper()
+	return startMongo(t, false)
+}
+
+// MongoURI returns uri, a URI that Mongo or MongoStandalone returned, with
+// db as its database: mongodb://HOST/db?directConnection=true.
+func MongoURI(uri, db string) string {
+	base, query, _ := strings.Cut(uri, "?")
+	if query != "" {
+		query = "?" + query
+	}
+	return strings.TrimSuffix(base, "/") + "/" + db + query
+}
+
+// oplogSize is the size of the lab's oplog: 1 GiB, as in LAB.md.
+const oplogSize = 1 << 30
+
+func startMongo(t testing.TB, replicaSet bool) (*Server, string) {
 	bin := labBin(t, "ferretdb")
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
@@ -218,14 +247,18 @@ func Mongo(t testing.TB) (*Server, string) {
 	port := freePort(t)
 	s := newServer(t, "ferretdb", filepath.Join(dir, "ferretdb.log"), port)
 	s.newCmd = func() *exec.Cmd {
-		return exec.Command(bin,
+		args := []string{
 			"--handler=sqlite",
-			"--sqlite-url=file:"+data+"/",
-			"--listen-addr="+s.Addr,
+			"--sqlite-url=file:" + data + "/",
+			"--listen-addr=" + s.Addr,
 			"--debug-addr=-",
-			"--state-dir="+state,
+			"--state-dir=" + state,
 			"--telemetry=disable",
-		)
+		}
+		if replicaSet {
+			args = append(args, "--repl-set-name=rs0")
+		}
+		return exec.Command(bin, args...)
 	}
 	s.ready = func(ctx context.Context) error {
 		c, err := dialCtx(ctx, s.Addr)
@@ -240,9 +273,27 @@ func Mongo(t testing.TB) (*Server, string) {
 		if ok, _ := reply.get("ok").(float64); ok != 1 {
 			return fmt.Errorf("mongo: hello: %v", reply)
 		}
+		if !replicaSet {
+			return nil
+		}
+		if set, _ := reply.get("setName").(string); set != "rs0" {
+			return fmt.Errorf("mongo: hello reports setName %q, want rs0: %v", set, reply)
+		}
+		// The oplog survives restarts (same data directory): create it
+		// once; NamespaceExists (48) means a restart.
+		reply, err = mongoCommand(c, bsonD{{"create", "oplog.rs"}, {"capped", true}, {"size", int64(oplogSize)}, {"$db", "local"}})
+		if err != nil {
+			return err
+		}
+		if ok, _ := reply.get("ok").(float64); ok != 1 && reply.get("code") != int32(48) {
+			return fmt.Errorf("mongo: create local.oplog.rs: %v", reply)
+		}
 		return nil
 	}
 	s.Start(t)
+	if replicaSet {
+		return s, fmt.Sprintf("mongodb://%s/?directConnection=true", s.Addr)
+	}
 	return s, fmt.Sprintf("mongodb://%s/", s.Addr)
 }
 

@@ -175,8 +175,11 @@ func TestPostgres(t *testing.T) {
 
 func TestMongo(t *testing.T) {
 	s, url := Mongo(t)
-	if want := "mongodb://" + s.Addr + "/"; url != want {
+	if want := "mongodb://" + s.Addr + "/?directConnection=true"; url != want {
 		t.Fatalf("url %q, want %q", url, want)
+	}
+	if got, want := MongoURI(url, "appsmith"), "mongodb://"+s.Addr+"/appsmith?directConnection=true"; got != want {
+		t.Fatalf("MongoURI = %q, want %q", got, want)
 	}
 	c, err := net.DialTimeout("tcp", s.Addr, 5*time.Second)
 	if err != nil {
