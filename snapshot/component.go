@@ -81,6 +81,19 @@ type StreamReader interface {
 	Next() (name string, r io.ReadCloser, err error)
 }
 
+// A StreamOpener is a StreamReader that can also open one of its streams
+// out of order, by name, independently of Next and of the streams handed
+// out: a Restorer that must read a later stream first (the mongo Restorer
+// reads a captured oplog before it writes anything, to refuse what it
+// cannot replay) asserts it. The stream checks its size and checksum as
+// Next's do and must be closed. Open returns an error wrapping
+// fs.ErrNotExist when there is no stream of that name. A Pipe is not a
+// StreamOpener: its streams exist once.
+type StreamOpener interface {
+	StreamReader
+	Open(name string) (io.ReadCloser, error)
+}
+
 // A Dumper writes one component of a snapshot as named streams. It must not
 // close out; it must close every stream it creates, or Abort it.
 type Dumper interface {

@@ -75,6 +75,17 @@ func (sr *streamReader) Next() (string, io.ReadCloser, error) {
 	return o.Name, r, nil
 }
 
+// Open implements StreamOpener. The stream it returns is not drained by
+// Verify: the caller closes it.
+func (sr *streamReader) Open(name string) (io.ReadCloser, error) {
+	for _, o := range sr.c.Objects {
+		if o.Name == name {
+			return openObject(sr.ctx, sr.store, sr.id, o, Compression(sr.c.Compression), sr.key, nil)
+		}
+	}
+	return nil, fmt.Errorf("snapshot %s: no stream %s: %w", sr.id, name, fs.ErrNotExist)
+}
+
 // openObject opens one stored object: blob → size and checksum check →
 // decryption with key (when not nil) → decompressor. A missing object wraps
 // ErrCorrupt (it is missing data).

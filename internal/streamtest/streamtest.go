@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"sync"
 	"testing"
@@ -107,6 +108,7 @@ type Reader struct {
 	mu     sync.Mutex
 	next   int
 	opened []*content
+	extra  []*content // opened by Open
 }
 
 // One returns a StreamReader with one stream.
@@ -125,6 +127,20 @@ func (r *Reader) Next() (string, io.ReadCloser, error) {
 	c := &content{mu: &r.mu, r: bytes.NewReader(s.Data), endErr: s.EndErr}
 	r.opened = append(r.opened, c)
 	return s.Name, c, nil
+}
+
+// Open implements snapshot.StreamOpener.
+func (r *Reader) Open(name string) (io.ReadCloser, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.Streams {
+		if s.Name == name {
+			c := &content{mu: &r.mu, r: bytes.NewReader(s.Data), endErr: s.EndErr}
+			r.extra = append(r.extra, c)
+			return c, nil
+		}
+	}
+	return nil, fmt.Errorf("streamtest: no stream %s: %w", name, fs.ErrNotExist)
 }
 
 // Remaining returns the streams not handed out yet.
@@ -209,7 +225,7 @@ func (r *Reader) AllRead() bool {
 func (r *Reader) AllClosed() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, c := range r.opened {
+	for _, c := range append(r.opened, r.extra...) {
 		if !c.closed {
 			return false
 		}

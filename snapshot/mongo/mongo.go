@@ -12,7 +12,10 @@
 //     order is the order in which the Dumper started them.
 //  3. "oplog.bson", only when the source is a replica set with a readable
 //     oplog: the oplog entries written while the collections were dumped,
-//     for a replay to one consistent point (mongodump --oplog).
+//     up to the newest entry when the last collection was read, for a
+//     replay to that one point in time (mongodump --oplog; the Restorer
+//     replays them as ordinary writes, mongorestore --oplogReplay with
+//     applyOps).
 //
 // Collection names are percent-encoded in stream names as mongodump does
 // (url.PathEscape), so after decompression the streams form a directory that

@@ -36,29 +36,52 @@ func oplogStart(ctx context.Context, client *mongo.Client, log *slog.Logger) (st
 		log.Info("mongo: the source is not a replica set: no oplog")
 		return start, false, nil
 	}
-	last, err := client.Database("local").Collection("oplog.rs").FindOne(ctx, bson.D{},
-		options.FindOne().SetSort(bson.D{{Key: "$natural", Value: -1}}).SetProjection(bson.D{{Key: "ts", Value: 1}})).Raw()
-	if err != nil {
-		if ctx.Err() != nil {
-			return start, false, fmt.Errorf("mongo: read the oplog: %w", ctx.Err())
-		}
+	start, err = newestEntry(ctx, client)
+	switch {
+	case errors.Is(err, mongo.ErrNoDocuments):
+		// An oplog without entries yet (FerretDB's until the first
+		// write; MongoDB writes a no-op every 10 s): every entry is
+		// after the start.
+		return bson.Timestamp{}, true, nil
+	case err != nil && ctx.Err() != nil:
+		return start, false, fmt.Errorf("mongo: read the oplog: %w", ctx.Err())
+	case err != nil:
 		log.Warn("mongo: the replica set's oplog cannot be read", "error", err)
 		return start, false, nil
 	}
+	return start, true, nil
+}
+
+// newestEntry returns the timestamp of the newest oplog entry
+// (mongo.ErrNoDocuments for an empty oplog).
+func newestEntry(ctx context.Context, client *mongo.Client) (bson.Timestamp, error) {
+	last, err := client.Database("local").Collection("oplog.rs").FindOne(ctx, bson.D{},
+		options.FindOne().SetSort(bson.D{{Key: "$natural", Value: -1}}).SetProjection(bson.D{{Key: "ts", Value: 1}})).Raw()
+	if err != nil {
+		return bson.Timestamp{}, err
+	}
 	t, i, ok := last.Lookup("ts").TimestampOK()
 	if !ok {
-		log.Warn("mongo: the newest oplog entry has no timestamp")
-		return start, false, nil
+		return bson.Timestamp{}, errors.New("the newest oplog entry has no timestamp")
 	}
-	return bson.Timestamp{T: t, I: i}, true, nil
+	return bson.Timestamp{T: t, I: i}, nil
 }
 
 // dumpOplog writes the oplog entries after start that touch the databases
-// keepDB accepts to the stream oplog.bson, and returns how many it wrote.
-func dumpOplog(ctx context.Context, client *mongo.Client, out snapshot.StreamWriter, start bson.Timestamp, keepDB func(string) bool) (int64, error) {
+// keepDB accepts to the stream oplog.bson, up to the newest entry when it
+// is called (the point in time the snapshot restores to), and returns how
+// many it wrote and that end.
+func dumpOplog(ctx context.Context, client *mongo.Client, out snapshot.StreamWriter, start bson.Timestamp, keepDB func(string) bool) (int64, bson.Timestamp, error) {
 	var n int64
-	err := writeStream(out, oplogStream, func(w io.Writer) error {
-		filter := bson.D{{Key: "ts", Value: bson.D{{Key: "$gte", Value: start}}}}
+	end, err := newestEntry(ctx, client)
+	switch {
+	case errors.Is(err, mongo.ErrNoDocuments):
+		end = start // nothing was written during the dump
+	case err != nil:
+		return 0, end, fmt.Errorf("mongo: read the oplog: %w", err)
+	}
+	err = writeStream(out, oplogStream, func(w io.Writer) error {
+		filter := bson.D{{Key: "ts", Value: bson.D{{Key: "$gte", Value: start}, {Key: "$lte", Value: end}}}}
 		cur, err := client.Database("local").Collection("oplog.rs").Find(ctx, filter,
 			options.Find().SetHint(bson.D{{Key: "$natural", Value: 1}}))
 		if err != nil {
@@ -68,13 +91,16 @@ func dumpOplog(ctx context.Context, client *mongo.Client, out snapshot.StreamWri
 		n, err = captureOplog(ctx, cursor{cur}, w, start, keepDB)
 		return err
 	})
-	return n, err
+	return n, end, err
 }
 
-// captureOplog copies the entries of src, which starts at the entry start,
-// to w: those after start that replayOps keeps.
+// captureOplog copies the entries of src, which starts at the entry start
+// (or at the oplog's first entry when start is zero: the oplog was empty),
+// to w: those after start that replayOps keeps. An entry that cannot be
+// replayed as ordinary writes fails the capture, so that no snapshot holds
+// one: a restore would refuse it.
 func captureOplog(ctx context.Context, src docSource, w io.Writer, start bson.Timestamp, keepDB func(string) bool) (int64, error) {
-	first := true
+	first := !start.IsZero()
 	n, _, err := copyDocs(ctx, src, w, func(entry bson.Raw) (bool, error) {
 		if first {
 			first = false
@@ -84,6 +110,11 @@ func captureOplog(ctx context.Context, src docSource, w io.Writer, start bson.Ti
 			return false, nil // written before the dump started
 		}
 		ops, err := replayOps(entry, keepDB, nil)
+		for _, raw := range ops {
+			if op, terr := translate(raw); errors.Is(terr, errUnreplayable) {
+				err = fmt.Errorf("the %s at %v %w: retry the snapshot (the entry will be older than its start)", op.describe(), entry.Lookup("ts"), terr)
+			}
+		}
 		return len(ops) > 0, err
 	})
 	if err == nil && first {

@@ -23,8 +23,15 @@ import (
 
 // Restorer loads a mongo snapshot into a server: it creates the collections
 // with their options, inserts the documents with unordered bulk inserts from
-// parallel workers, then builds the indexes, creates the views and replays
-// the oplog, in that order.
+// parallel workers, replays the captured oplog as ordinary writes (see
+// replay.go: no applyOps, which DocumentDB and FerretDB lack), then builds
+// the indexes and creates the views, in that order, so that the target
+// holds the source as of the end of the oplog capture.
+//
+// When the StreamReader can open oplog.bson ahead (snapshot.StreamOpener: a
+// repository), every entry is translated before anything is written: an
+// entry that cannot be replayed, or a command the target's flavor refuses,
+// fails the restore then, and the compatibility table counts the replay.
 //
 // Before it writes anything it checks every target: a collection that
 // already holds documents, or a view in the way, fails the restore with an
@@ -45,6 +52,7 @@ import (
 // Its Stats are those of Verifier (without the documents of the collections
 // named by Skip, counted as "skipped_documents"), plus "dropped"
 // (collections and views dropped), "oplog_applied" (operations replayed),
+// "oplog_skipped" (operations that change no data, skipped),
 // "compat_adapted" and "compat_skipped" (items of the compatibility table
 // adapted and skipped).
 type Restorer struct {
@@ -115,7 +123,10 @@ func (r *Restorer) Restore(ctx context.Context, in snapshot.StreamReader) (snaps
 		r: r, client: client, rename: ren, log: logger(r.Log),
 		flavor: flavor, version: version,
 		inserts: g, wctx: wctx, dbs: map[string]bool{},
-		stats: snapshot.Stats{"dropped": 0, "oplog_applied": 0, "compat_adapted": 0, "compat_skipped": 0},
+		stats: snapshot.Stats{"dropped": 0, "oplog_applied": 0, "oplog_skipped": 0, "compat_adapted": 0, "compat_skipped": 0},
+	}
+	if o, ok := in.(snapshot.StreamOpener); ok {
+		s.openOplog = func() (io.ReadCloser, error) { return o.Open(oplogStream) }
 	}
 	stats, err := decode(ctx, in, s, nil)
 	if err != nil {
@@ -224,7 +235,12 @@ type restorer struct {
 
 	inserts *errgroup.Group
 	wctx    context.Context // the inserts' context
+	pending *pendingMeta    // set once the data is loaded
 	done    bool            // complete ran
+	// openOplog opens oplog.bson ahead of the data, when the StreamReader
+	// can (snapshot.StreamOpener); nil otherwise.
+	openOplog func() (io.ReadCloser, error)
+	replay    *replayPlan // what the replay of the oplog will do, when read ahead
 
 	stats snapshot.Stats
 }
@@ -245,6 +261,9 @@ func (s *restorer) metadata(c *collection) error {
 func (s *restorer) startData(ctx context.Context) error {
 	if from := s.rename.from; from != "" && !s.dbs[from] {
 		return fmt.Errorf("mongo: cannot rename database %s: the snapshot holds %s", from, strings.Join(slices.Sorted(maps.Keys(s.dbs)), ", "))
+	}
+	if err := s.readAhead(ctx); err != nil {
+		return err
 	}
 	if err := s.compatibility(); err != nil {
 		return err
@@ -344,13 +363,18 @@ func listNames(ctx context.Context, db *mongo.Database) (map[string]string, erro
 	return names, nil
 }
 
-// create creates the collection or view of c with its options.
+// create creates the collection or view of c with its planned options.
 func (s *restorer) create(ctx context.Context, c *collection) error {
-	t := s.target(c)
+	return s.createNS(ctx, s.target(c), c.meta.Type, s.plans[c].options)
+}
+
+// createNS creates the collection or view t (typ names it in errors) with
+// the create options opts.
+func (s *restorer) createNS(ctx context.Context, t namespace, typ string, opts bson.Raw) error {
 	cmd := bson.D{{Key: "create", Value: t.coll}}
-	elems, err := s.plans[c].options.Elements()
+	elems, err := opts.Elements()
 	if err != nil {
-		return corrupt("%s: options: %v", c.ns, err)
+		return corrupt("%s: options: %v", t, err)
 	}
 	for _, e := range elems {
 		cmd = append(cmd, bson.E{Key: e.Key(), Value: e.Value()})
@@ -362,7 +386,7 @@ func (s *restorer) create(ctx context.Context, c *collection) error {
 			return nil
 		}
 		if !s.r.Drop || !namespaceExists(err) || attempt == createAttempts {
-			return fmt.Errorf("mongo: create %s %s: %s", c.meta.Type, t, serverMessage(err))
+			return fmt.Errorf("mongo: create %s %s: %s", typ, t, serverMessage(err))
 		}
 		// With Drop, the target's collection was dropped (or absent)
 		// but exists again: writes that an earlier, interrupted restore
@@ -375,7 +399,7 @@ func (s *restorer) create(ctx context.Context, c *collection) error {
 		select {
 		case <-ctx.Done():
 			wait.Stop()
-			return fmt.Errorf("mongo: create %s %s: %w", c.meta.Type, t, ctx.Err())
+			return fmt.Errorf("mongo: create %s %s: %w", typ, t, ctx.Err())
 		case <-wait.C:
 		}
 		if err := db.Collection(t.coll).Drop(ctx); err != nil {
@@ -514,22 +538,57 @@ func insert(ctx context.Context, coll *mongo.Collection, t namespace, docs []any
 	}
 }
 
-// complete waits for the inserts, then builds the indexes and creates the
-// views. It runs once, before the oplog is replayed or at the end.
+// loaded waits once for the insert workers and then plans what is built
+// after the data (s.pending). It runs before the oplog is replayed, or at
+// the end.
+func (s *restorer) loaded() error {
+	if s.pending != nil {
+		return nil
+	}
+	if err := s.inserts.Wait(); err != nil {
+		return err
+	}
+	s.pending = &pendingMeta{indexes: map[namespace][]bson.Raw{}, views: map[namespace]bson.Raw{}}
+	for _, c := range s.colls {
+		t := s.target(c)
+		switch p := s.plans[c]; {
+		case c.meta.isView():
+			if !p.skip && !s.skipped(c) {
+				s.pending.views[t] = p.options
+				s.pending.order = append(s.pending.order, t)
+			}
+		case len(p.indexes) > 0:
+			s.pending.indexes[t] = p.indexes
+		}
+	}
+	return nil
+}
+
+// pendingMeta is what a restore builds after the data and the replay of the
+// oplog, which changes it (an index created or dropped, a collection
+// renamed): the indexes and the views, by target namespace.
+type pendingMeta struct {
+	indexes map[namespace][]bson.Raw // without _id's
+	views   map[namespace]bson.Raw   // their create options
+	order   []namespace              // the views in creation order (a view may be on another)
+}
+
+// complete builds the indexes and creates the views. It runs once, after
+// the oplog was replayed or at the end.
 func (s *restorer) complete(ctx context.Context) error {
 	if s.done {
 		return nil
 	}
 	s.done = true
-	if err := s.inserts.Wait(); err != nil {
+	if err := s.loaded(); err != nil {
 		return err
 	}
 	if err := s.createIndexes(ctx); err != nil {
 		return err
 	}
-	for _, c := range s.colls {
-		if c.meta.isView() && !s.plans[c].skip && !s.skipped(c) {
-			if err := s.create(ctx, c); err != nil {
+	for _, t := range s.pending.order {
+		if opts, ok := s.pending.views[t]; ok {
+			if err := s.createNS(ctx, t, typeView, opts); err != nil {
 				return err
 			}
 		}
@@ -537,20 +596,19 @@ func (s *restorer) complete(ctx context.Context) error {
 	return nil
 }
 
-// createIndexes builds the indexes of every collection, one index per
-// command so that a refusal names its index, Parallel collections at a
-// time. It tries every index and reports every refusal.
+// createIndexes builds the pending indexes, one index per command so that
+// a refusal names its index, Parallel collections at a time. It tries every
+// index and reports every refusal.
 func (s *restorer) createIndexes(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(parallel(s.r.Parallel))
 	var mu sync.Mutex
 	var errs []error
-	for _, c := range s.colls {
-		specs := s.plans[c].indexes
+	for _, t := range slices.SortedFunc(maps.Keys(s.pending.indexes), compareNS) {
+		specs := s.pending.indexes[t]
 		if len(specs) == 0 {
 			continue
 		}
-		t := s.target(c)
 		g.Go(func() error {
 			for _, spec := range specs {
 				if err := gctx.Err(); err != nil {
@@ -573,18 +631,19 @@ func (s *restorer) createIndexes(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// compareNS orders namespaces by database, then collection.
+func compareNS(a, b namespace) int {
+	if c := strings.Compare(a.db, b.db); c != 0 {
+		return c
+	}
+	return strings.Compare(a.coll, b.coll)
+}
+
 func (s *restorer) oplog(ctx context.Context, docs *docReader) error {
-	if err := s.complete(ctx); err != nil {
+	if err := s.loaded(); err != nil {
 		return err
 	}
-	admin := s.client.Database("admin") // applyOps runs on admin; it writes to the operations' namespaces
-	return replayEntries(ctx, docs, func(db string) bool { return s.dbs[db] }, s.rename.apply, func(off int64, op bson.Raw) error {
-		if err := admin.RunCommand(ctx, bson.D{{Key: "applyOps", Value: bson.A{op}}}).Err(); err != nil {
-			return fmt.Errorf("mongo: replay the oplog entry at byte offset %d: %s", off, serverMessage(err))
-		}
-		s.stats.Add("oplog_applied", 1)
-		return nil
-	})
+	return s.replayOplog(ctx, docs)
 }
 
 func (s *restorer) finish(ctx context.Context) error {
@@ -605,6 +664,9 @@ func (s *restorer) compatibility() error {
 		specs[i] = CollectionSpec{DB: t.db, Name: t.coll, Type: c.meta.Type, Options: c.meta.Options, Indexes: c.meta.Indexes}
 	}
 	plans, rows := planAll(s.flavor, s.version, specs)
+	if s.replay != nil {
+		rows = append(append(rows, s.replay.rows...), s.replay.summary())
+	}
 	s.plans = make(map[*collection]collPlan, len(s.colls))
 	for i, c := range s.colls {
 		s.plans[c] = plans[i]
