@@ -80,12 +80,18 @@ func startWriter(t testing.TB, uri string) *pitWriter {
 			default:
 			}
 			steps := []func() error{
-				func() error { _, err := db.Collection("ins").InsertOne(ctx, bson.D{{Key: "_id", Value: i}}); return err },
+				func() error {
+					_, err := db.Collection("ins").InsertOne(ctx, bson.D{{Key: "_id", Value: i}})
+					return err
+				},
 				func() error {
 					_, err := db.Collection("ctr").UpdateOne(ctx, bson.D{{Key: "_id", Value: "c"}}, bson.D{{Key: "$set", Value: bson.D{{Key: "n", Value: i}}}})
 					return err
 				},
-				func() error { _, err := db.Collection("del").DeleteOne(ctx, bson.D{{Key: "_id", Value: i}}); return err },
+				func() error {
+					_, err := db.Collection("del").DeleteOne(ctx, bson.D{{Key: "_id", Value: i}})
+					return err
+				},
 				func() error {
 					_, err := db.Collection("upd").UpdateOne(ctx, bson.D{{Key: "_id", Value: i % updDocs}},
 						bson.D{{Key: "$set", Value: bson.D{{Key: "round", Value: i}}}, {Key: "$unset", Value: bson.D{{Key: "gone", Value: ""}}}})
