@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -223,10 +225,23 @@ type Mongo struct {
 	// table (an empty Flavor is detected).
 	Flavor mongosnap.Flavor
 	Strict bool
+	// Copied, when set, returns the oplog position the copy is consistent
+	// with (mongo.Dumper.Position), for a source that writers kept
+	// changing during the move; see Check.
+	Copied func() (bson.Timestamp, bool)
+	Log    *slog.Logger // notes of Check (nil: none)
 }
 
 // Check implements Pair.Check.
+//
+// With Copied set and a position known, the source may have kept changing
+// after the copy (writers running during the move): each collection is
+// compared in parts (mongosnap.DigestBuckets, by _id), the source's oplog
+// after that position is read once both sides are read, and the parts of
+// the documents it changed, and the collections a command changed, are
+// left out (and counted in a note).
 func (c Mongo) Check(ctx context.Context) error {
+	ctx = mongosnap.WithoutDeadline(ctx)
 	src, err := mongosnap.Connect(ctx, c.Source, c.SourceTLSCAFile)
 	if err != nil {
 		return err
@@ -242,7 +257,14 @@ func (c Mongo) Check(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var diffs differences
+	var since bson.Timestamp
+	live := false
+	if c.Copied != nil {
+		since, live = c.Copied()
+	}
+	type pair struct{ want, got []mongosnap.Digest }
+	read := map[string]*pair{} // source "db.coll" → its parts on both sides
+	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(cmp.Or(max(c.Parallel, 0), 4))
 	for _, db := range dbs {
@@ -253,20 +275,17 @@ func (c Mongo) Check(ctx context.Context) error {
 		target := c.targetDB(db)
 		for _, coll := range colls {
 			g.Go(func() error {
-				want, err := mongosnap.DigestCollection(gctx, src.Database(db).Collection(coll))
+				want, err := digest(gctx, src.Database(db).Collection(coll), live)
 				if err != nil {
 					return fmt.Errorf("mongo: source %s.%s: %w", db, coll, err)
 				}
-				got, err := mongosnap.DigestCollection(gctx, dst.Database(target).Collection(coll))
+				got, err := digest(gctx, dst.Database(target).Collection(coll), live)
 				if err != nil {
 					return fmt.Errorf("mongo: target %s.%s: %w", target, coll, err)
 				}
-				switch {
-				case got.Docs != want.Docs:
-					diffs.add("%s.%s: %d documents, source %d", target, coll, got.Docs, want.Docs)
-				case got != want:
-					diffs.add("%s.%s: the documents differ (%d bytes, source %d)", target, coll, got.Bytes, want.Bytes)
-				}
+				mu.Lock()
+				read[db+"."+coll] = &pair{want, got}
+				mu.Unlock()
 				return nil
 			})
 		}
@@ -274,7 +293,54 @@ func (c Mongo) Check(ctx context.Context) error {
 	if err := g.Wait(); err != nil {
 		return err
 	}
+	changes := &mongosnap.Changes{}
+	if live {
+		// Read after both sides: every change made before or while
+		// they were read is in it.
+		if changes, err = mongosnap.ChangedSince(ctx, src, since, dbs); err != nil {
+			return err
+		}
+	}
+	var diffs differences
+	var leftDocs, leftColls int64
+	for _, ns := range slices.Sorted(maps.Keys(read)) {
+		db, coll, _ := strings.Cut(ns, ".")
+		p := read[ns]
+		if changes.Touched(db, coll) {
+			leftColls++
+			continue
+		}
+		var want, got mongosnap.Digest
+		for i := range p.want {
+			if changes.Parts[ns][i] {
+				leftDocs += p.want[i].Docs
+				continue
+			}
+			want.Merge(p.want[i])
+			got.Merge(p.got[i])
+		}
+		target := c.targetDB(db) + "." + coll
+		switch {
+		case got.Docs != want.Docs:
+			diffs.add("%s: %d documents, source %d", target, got.Docs, want.Docs)
+		case got != want:
+			diffs.add("%s: the documents differ (%d bytes, source %d)", target, got.Bytes, want.Bytes)
+		}
+	}
+	if live && c.Log != nil && (changes.Writes > 0 || leftColls > 0) {
+		c.Log.Info("mongo: the source changed after the copy's point in time: what it changed is left out of the check",
+			"writes", changes.Writes, "documents_left_out", leftDocs, "collections_left_out", leftColls)
+	}
 	return diffs.err("mongo")
+}
+
+// digest reads coll whole, or in parts when live.
+func digest(ctx context.Context, coll *mongo.Collection, live bool) ([]mongosnap.Digest, error) {
+	if live {
+		return mongosnap.DigestBuckets(ctx, coll)
+	}
+	d, err := mongosnap.DigestCollection(ctx, coll)
+	return []mongosnap.Digest{d}, err
 }
 
 // databases returns the source databases to compare.

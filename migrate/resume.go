@@ -520,9 +520,8 @@ func prepareMongo(ctx context.Context, p Pair, d *mongosnap.Dumper, r *mongosnap
 	}
 	rr.Skip = func(db, coll string) bool { return skipped[db+"."+coll] }
 	if !tee {
-		dd := *d
-		dd.SkipData = rr.Skip
-		p.Dumper = &dd
+		// The same Dumper, not a copy: its Position serves the check.
+		d.SkipData = rr.Skip
 	}
 	return p, res, nil
 }

@@ -67,6 +67,9 @@ func TestFaultMongo(t *testing.T) {
 		failFast: func(url string) string {
 			// The driver waits 30 s (serverSelectionTimeoutMS) for an
 			// unreachable server by default.
+			if strings.Contains(url, "?") {
+				return url + "&serverSelectionTimeoutMS=2000"
+			}
 			return url + "?serverSelectionTimeoutMS=2000"
 		},
 		emptyTarget: func(t *testing.T) {

@@ -353,7 +353,7 @@ func (opts migrateOptions) pairs(log *slog.Logger) ([]migrate.Pair, error) {
 		if i < 0 {
 			return nil, usageErrorf("migrate: the %s source has no target: give --%s-to", s.kind, s.kind)
 		}
-		check, plan, err := opts.inspect(s.kind, log)
+		check, plan, err := opts.inspect(s.kind, s.impl, log)
 		if err != nil {
 			return nil, err
 		}
@@ -397,7 +397,7 @@ func (opts migrateOptions) checkDistinct() error {
 // inspect returns how to compare the target of kind with its source after
 // the move and how to inspect both before it, nil for what this build does
 // not know.
-func (opts migrateOptions) inspect(kind string, log *slog.Logger) (check func(context.Context) error, plan func(context.Context) migrate.Finding, err error) {
+func (opts migrateOptions) inspect(kind string, dumper snapshot.Dumper, log *slog.Logger) (check func(context.Context) error, plan func(context.Context) migrate.Finding, err error) {
 	s, t := opts.Source, opts.Target
 	switch kind {
 	case "volume":
@@ -410,7 +410,10 @@ func (opts migrateOptions) inspect(kind string, log *slog.Logger) (check func(co
 		}
 		m := migrate.Mongo{Source: s.Mongo, Target: t.MongoTo, SourceTLSCAFile: s.MongoTLSCAFile, TargetTLSCAFile: t.MongoTLSCAFile,
 			DBs: s.MongoDBs, NSFrom: t.MongoNSFrom, NSTo: t.MongoNSTo, Parallel: s.MongoParallel, Drop: t.Drop,
-			Flavor: flavor, Strict: t.Strict}
+			Flavor: flavor, Strict: t.Strict, Log: log}
+		if d, ok := dumper.(*mongo.Dumper); ok {
+			m.Copied = d.Position
+		}
 		return m.Check, m.Plan, nil
 	case "redis":
 		dbMap, err := parseDBMap(t.RedisDBMap)

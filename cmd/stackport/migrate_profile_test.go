@@ -71,7 +71,7 @@ func TestSnapshotRestoreAppsmithProfile(t *testing.T) {
 	for i := range 50 {
 		rc.Set(ctx, fmt.Sprintf("session:%d", i), "v", 0)
 	}
-	stack := appsmithStack(t, "APPSMITH_DB_URL="+msrc+"appsmith\nAPPSMITH_REDIS_URL="+rsrc+
+	stack := appsmithStack(t, "APPSMITH_DB_URL="+lab.MongoURI(msrc, "appsmith")+"\nAPPSMITH_REDIS_URL="+rsrc+
 		"\nAPPSMITH_ENCRYPTION_PASSWORD=pw\nAPPSMITH_ENCRYPTION_SALT=salt\n")
 	repo := "file://" + t.TempDir()
 

@@ -19,6 +19,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/stackport/stackport/internal/lab"
+	"github.com/stackport/stackport/internal/livetest"
 	"github.com/stackport/stackport/internal/treetest"
 	"github.com/stackport/stackport/snapshot"
 )
@@ -559,4 +560,49 @@ func TestMigrateRerunVolume(t *testing.T) {
 			t.Errorf("the report lacks %q:\n%s", want, out)
 		}
 	}
+}
+
+// TestMigrateMongoWithWriters moves a replica set while a writer keeps
+// writing (during the copy and the check): the oplog captured during the
+// copy is replayed into FerretDB (no applyOps), the target is at one
+// instant of the writer (checked by plain queries), and the check leaves
+// out what the source changed after that instant. Then the same renamed,
+// with --drop over a non-empty target and the DocumentDB flavor forced.
+func TestMigrateMongoWithWriters(t *testing.T) {
+	ctx := context.Background()
+	_, src := lab.Mongo(t)
+	livetest.SeedMongo(t, ctx, lab.MongoClient(t, src).Database(livetest.MongoDB))
+	w := livetest.StartMongoWriter(t, src)
+	w.WaitRounds(t, 20)
+
+	run := func(t *testing.T, target restoreOptions, db string) {
+		e := &testEnv{t: t}
+		res, err := e.migrateJSON(ctx, migrateOptions{Source: snapshotOptions{Mongo: src, MongoParallel: 2}, Target: target})
+		if err != nil {
+			t.Fatalf("migrate: %v\n%s", err, e.stderr.String())
+		}
+		if len(res.Components) != 1 || res.Components[0].Result != "verified" {
+			t.Fatalf("result: %+v", res)
+		}
+		if !strings.Contains(e.stderr.String(), "left out of the check") {
+			t.Errorf("the check does not say that it left out what the writer changed after the copy:\n%s", e.stderr.String())
+		}
+		last := livetest.CheckMongo(t, ctx, lab.MongoClient(t, target.MongoTo).Database(db))
+		if now := w.Rounds.Load(); last >= now {
+			t.Errorf("the target is at round %d, the writer at %d: the check ran without writes after the copy", last, now)
+		}
+		t.Logf("target at round %d of the writer, %d rounds by now", last, w.Rounds.Load())
+	}
+	t.Run("plain", func(t *testing.T) {
+		_, dst := lab.Mongo(t)
+		run(t, restoreOptions{MongoTo: dst}, livetest.MongoDB)
+	})
+	t.Run("renamed, drop, documentdb", func(t *testing.T) {
+		_, dst := lab.Mongo(t)
+		if _, err := lab.MongoClient(t, dst).Database("pit_prod").Collection("ins").InsertOne(ctx, bson.D{{Key: "_id", Value: int64(-1)}}); err != nil {
+			t.Fatal(err)
+		}
+		run(t, restoreOptions{MongoTo: dst, MongoNSFrom: livetest.MongoDB, MongoNSTo: "pit_prod", Drop: true, MongoFlavor: "documentdb"}, "pit_prod")
+	})
+	w.Halt(t)
 }

@@ -306,6 +306,11 @@ func (rp *replayer) flush(ctx context.Context) error {
 	s := rp.s
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(parallel(s.r.Parallel))
+	if s.server == FlavorFerretDB || s.flavor == FlavorFerretDB {
+		// FerretDB 1.x (SQLite) stalls on concurrent updates and deletes
+		// of one database (probed: two bulk writes waited for minutes).
+		g.SetLimit(1)
+	}
 	var mu sync.Mutex
 	var failed *replayFailure
 	var sentUpTo int64

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"maps"
 	"slices"
@@ -47,6 +48,15 @@ func (d *Digest) Add(doc []byte) {
 	d.Bytes += int64(len(doc))
 }
 
+// Merge adds the documents of o.
+func (d *Digest) Merge(o Digest) {
+	for i := range o.Sum {
+		d.Sum[i] ^= o.Sum[i]
+	}
+	d.Docs += o.Docs
+	d.Bytes += o.Bytes
+}
+
 // DigestCollection reads every document of coll.
 func DigestCollection(ctx context.Context, coll *mongo.Collection) (Digest, error) {
 	var d Digest
@@ -63,6 +73,7 @@ func DigestCollection(ctx context.Context, coll *mongo.Collection) (Digest, erro
 
 // Restore implements snapshot.Restorer.
 func (c *Checker) Restore(ctx context.Context, in snapshot.StreamReader) (snapshot.Stats, error) {
+	ctx = WithoutDeadline(ctx)
 	rn, err := parseRename(c.NSFrom, c.NSTo)
 	if err != nil {
 		return nil, err
@@ -129,4 +140,97 @@ func (s *digestSink) documents(ctx context.Context, c *collection, docs *docRead
 		d.Add(doc)
 		return nil
 	})
+}
+
+// Buckets is how many parts DigestBuckets splits a collection into, by
+// _id: documents that a live source changed after a copy leave out only
+// their parts from a comparison (with a few hundred changed documents,
+// about a tenth of the collection), and the memory of a digest is fixed
+// (Buckets × 48 bytes).
+const Buckets = 4096
+
+// bucket returns the part of the document whose _id is id.
+func bucket(id bson.RawValue) int {
+	h := fnv.New32a()
+	h.Write([]byte{byte(id.Type)})
+	h.Write(id.Value)
+	return int(h.Sum32() % Buckets)
+}
+
+// DigestBuckets reads every document of coll into the digest of its part
+// (Buckets parts, by _id).
+func DigestBuckets(ctx context.Context, coll *mongo.Collection) ([]Digest, error) {
+	parts := make([]Digest, Buckets)
+	cur, err := coll.Find(ctx, bson.D{}, options.Find().SetBatchSize(1000))
+	if err != nil {
+		return nil, err
+	}
+	defer cur.Close(context.WithoutCancel(ctx))
+	for cur.Next(ctx) {
+		parts[bucket(cur.Current.Lookup("_id"))].Add(cur.Current)
+	}
+	return parts, cur.Err()
+}
+
+// Changes are what a source changed after a point in time, by its oplog:
+// the parts (see DigestBuckets) of the documents written, by namespace
+// ("db.coll"), and the collections and databases that commands changed as
+// a whole.
+type Changes struct {
+	Parts   map[string]map[int]bool
+	Colls   map[string]bool // created, dropped, renamed (both names), altered
+	DBs     map[string]bool // dropped
+	Writes  int64           // document writes
+	Entries int64           // oplog entries read
+}
+
+// Touched reports whether the collection db.coll was changed as a whole.
+func (c *Changes) Touched(db, coll string) bool { return c.DBs[db] || c.Colls[db+"."+coll] }
+
+// ChangedSince reads the oplog entries of client after the timestamp since
+// that touch the databases dbs and returns what they changed.
+func ChangedSince(ctx context.Context, client *mongo.Client, since bson.Timestamp, dbs []string) (*Changes, error) {
+	ch := &Changes{Parts: map[string]map[int]bool{}, Colls: map[string]bool{}, DBs: map[string]bool{}}
+	keep := func(db string) bool { return slices.Contains(dbs, db) }
+	filter := bson.D{{Key: "ts", Value: bson.D{{Key: "$gt", Value: since}}}}
+	cur, err := client.Database("local").Collection("oplog.rs").Find(ctx, filter, options.Find().SetHint(bson.D{{Key: "$natural", Value: 1}}))
+	if err != nil {
+		return nil, fmt.Errorf("mongo: read the oplog: %w", err)
+	}
+	defer cur.Close(context.WithoutCancel(ctx))
+	for cur.Next(ctx) {
+		ch.Entries++
+		ops, err := replayOps(cur.Current, keep, nil)
+		if err != nil {
+			return nil, fmt.Errorf("mongo: oplog entry at %v: %w", cur.Current.Lookup("ts"), err)
+		}
+		for _, raw := range ops {
+			op, err := translate(raw)
+			ns := op.ns.String()
+			key := "o"
+			if op.kind == opUpdate {
+				key = "o2"
+			}
+			id := raw.Lookup(key, "_id")
+			switch {
+			case op.kind == opCommand && op.name == "dropDatabase":
+				ch.DBs[op.ns.db] = true
+			case op.kind == opCommand || err != nil || id.Type == 0:
+				ch.Colls[ns] = true
+				if to, err := renameTarget(op.o); op.name == "renameCollection" && err == nil {
+					ch.Colls[to.String()] = true
+				}
+			default:
+				if ch.Parts[ns] == nil {
+					ch.Parts[ns] = map[int]bool{}
+				}
+				ch.Parts[ns][bucket(id)] = true
+				ch.Writes++
+			}
+		}
+	}
+	if err := cur.Err(); err != nil {
+		return nil, fmt.Errorf("mongo: read the oplog: %w", err)
+	}
+	return ch, nil
 }

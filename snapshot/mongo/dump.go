@@ -24,7 +24,9 @@ import (
 // Its Stats are "collections", "views", "indexes" (without the _id
 // indexes), "documents", "bytes" (of BSON), "oplog_entries",
 // "consistency_none" (1 when the source has no oplog, so the snapshot is
-// not one point in time) and per collection "documents:<db>.<coll>",
+// not one point in time), "oplog_end" (for a source with an oplog, the
+// Unix time in seconds of the point in time the snapshot restores to) and
+// per collection "documents:<db>.<coll>",
 // "bytes:<db>.<coll>" and "indexes:<db>.<coll>".
 type Dumper struct {
 	// URI is a mongodb:// or mongodb+srv:// connection string, with
@@ -43,13 +45,32 @@ type Dumper struct {
 	// Restorer whose Skip names the same collections).
 	SkipData func(db, coll string) bool
 	Log      *slog.Logger // progress and warnings (nil = slog.Default())
+
+	mu       sync.Mutex
+	position bson.Timestamp // of the last Dump, see Position
+	hasPos   bool
+}
+
+// Position returns the oplog timestamp that the streams of the last
+// successful Dump are consistent with (the newest entry they replay to),
+// and false when there is none: the source has no oplog, or no Dump
+// succeeded. A check of a target against a source that kept changing
+// compares the documents the source did not change after it.
+func (d *Dumper) Position() (bson.Timestamp, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.position, d.hasPos
 }
 
 // Dump implements snapshot.Dumper. On error, the streams in progress are
 // aborted (snapshot.Abort).
 func (d *Dumper) Dump(ctx context.Context, out snapshot.StreamWriter) (snapshot.Stats, error) {
+	ctx = WithoutDeadline(ctx)
 	stats := newStats()
 	stats["consistency_none"] = 0
+	d.mu.Lock()
+	d.hasPos = false
+	d.mu.Unlock()
 	log := logger(d.Log)
 	client, err := Connect(ctx, d.URI, d.TLSCAFile)
 	if err != nil {
@@ -105,6 +126,9 @@ func (d *Dumper) Dump(ctx context.Context, out snapshot.StreamWriter) (snapshot.
 		if err != nil {
 			return stats, err
 		}
+		d.mu.Lock()
+		d.position, d.hasPos = end, true
+		d.mu.Unlock()
 	}
 	log.Info("mongo: dumped", "collections", stats["collections"], "views", stats["views"],
 		"documents", stats["documents"], "bytes", stats["bytes"], "oplog_entries", stats["oplog_entries"])

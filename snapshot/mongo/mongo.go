@@ -189,6 +189,18 @@ func Connect(ctx context.Context, uri, caFile string) (*mongo.Client, error) {
 	return client, nil
 }
 
+// WithoutDeadline returns ctx without its deadline, still cancelled with
+// it (when the deadline passes too). The driver retries a retryable
+// operation on a replica set as often as it can until the context's
+// deadline (client-side operation timeouts), so under connection resets
+// that persist an operation would last until the deadline instead of
+// failing after its one retry; stackport's operations run with it.
+func WithoutDeadline(ctx context.Context) context.Context { return noDeadline{ctx} }
+
+type noDeadline struct{ context.Context }
+
+func (noDeadline) Deadline() (time.Time, bool) { return time.Time{}, false }
+
 // Disconnect closes client's connections, also when ctx is done.
 func Disconnect(ctx context.Context, client *mongo.Client) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), disconnectTimeout)

@@ -101,6 +101,7 @@ var errStopped = errors.New("mongo: stopped after an insert failed")
 
 // Restore implements snapshot.Restorer.
 func (r *Restorer) Restore(ctx context.Context, in snapshot.StreamReader) (snapshot.Stats, error) {
+	ctx = WithoutDeadline(ctx)
 	ren, err := parseRename(r.NSFrom, r.NSTo)
 	if err != nil {
 		return nil, err
@@ -109,7 +110,7 @@ func (r *Restorer) Restore(ctx context.Context, in snapshot.StreamReader) (snaps
 	if err != nil {
 		return nil, err
 	}
-	client, flavor, version, err := r.connectTarget(ctx, forced)
+	client, flavor, detected, version, err := r.connectTarget(ctx, forced)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +122,7 @@ func (r *Restorer) Restore(ctx context.Context, in snapshot.StreamReader) (snaps
 	g.SetLimit(parallel(r.Parallel))
 	s := &restorer{
 		r: r, client: client, rename: ren, log: logger(r.Log),
-		flavor: flavor, version: version,
+		flavor: flavor, server: detected, version: version,
 		inserts: g, wctx: wctx, dbs: map[string]bool{},
 		stats: snapshot.Stats{"dropped": 0, "oplog_applied": 0, "oplog_skipped": 0, "compat_adapted": 0, "compat_skipped": 0},
 	}
@@ -148,22 +149,24 @@ func (r *Restorer) Restore(ctx context.Context, in snapshot.StreamReader) (snaps
 // connectTarget connects to the target and finds its flavor and version:
 // forced if set, else the detected one. For DocumentDB it connects with
 // retryWrites=false unless the URI sets retryWrites.
-func (r *Restorer) connectTarget(ctx context.Context, forced Flavor) (*mongo.Client, Flavor, string, error) {
+//
+// detected is the flavor the server reports ("" when it cannot tell).
+func (r *Restorer) connectTarget(ctx context.Context, forced Flavor) (client *mongo.Client, flavor, detected Flavor, version string, err error) {
 	log := logger(r.Log)
 	uri, off := r.URI, false
 	if forced == FlavorDocumentDB || slices.ContainsFunc(uriHosts(uri), documentDBHost.MatchString) {
 		uri, off = retryWritesOff(uri)
 	}
-	client, err := Connect(ctx, uri, r.TLSCAFile)
+	client, err = Connect(ctx, uri, r.TLSCAFile)
 	if err != nil {
-		return nil, "", "", err
+		return nil, "", "", "", err
 	}
-	detected, version, err := DetectFlavor(ctx, client, uri)
-	flavor := forced
+	detected, version, err = DetectFlavor(ctx, client, uri)
+	flavor = forced
 	switch {
 	case err != nil && flavor == "":
 		Disconnect(ctx, client)
-		return nil, "", "", fmt.Errorf("%w (set the target's flavor to skip the detection)", err)
+		return nil, "", "", "", fmt.Errorf("%w (set the target's flavor to skip the detection)", err)
 	case err != nil:
 		log.Warn("mongo: cannot ask the target what it is: using the flavor set with an unknown version (DocumentDB features that depend on the version are taken as missing)", "flavor", flavor, "error", err)
 	case flavor == "":
@@ -177,13 +180,13 @@ func (r *Restorer) connectTarget(ctx context.Context, forced Flavor) (*mongo.Cli
 			// retryable writes.
 			Disconnect(ctx, client)
 			if client, err = Connect(ctx, u, r.TLSCAFile); err != nil {
-				return nil, "", "", err
+				return nil, "", "", "", err
 			}
 			off = true
 		}
 	}
 	log.Info("mongo: target", "flavor", flavor, "version", version, "retryWrites_off", off)
-	return client, flavor, version, nil
+	return client, flavor, detected, version, nil
 }
 
 // A rename maps the database from to the database to; the zero rename maps
@@ -225,7 +228,8 @@ type restorer struct {
 	rename rename
 	log    *slog.Logger
 
-	flavor  Flavor
+	flavor  Flavor // the rules the restore follows
+	server  Flavor // what the server reports being ("" unknown)
 	version string
 	plans   map[*collection]collPlan // what is created for each collection
 
