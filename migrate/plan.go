@@ -18,6 +18,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
+	"github.com/stackport/stackport/snapshot"
 	mongosnap "github.com/stackport/stackport/snapshot/mongo"
 )
 
@@ -149,17 +150,27 @@ func Plan(ctx context.Context, pairs []Pair, opts PlanOptions) *PlanReport {
 				f.Blockers = append(f.Blockers, o)
 			}
 		}
-		f.Throughput = Throughput[p.Kind]
-		if f.Throughput == 0 {
-			f.Throughput = DefaultThroughput
-		}
+		f.Throughput = throughput(p.Kind)
 		if f.Bytes > 0 {
-			f.Estimate = time.Duration(float64(f.Bytes) / (f.Throughput * (1 << 20)) * float64(time.Second)).Round(time.Second)
+			f.Estimate = estimate(f.Bytes, f.Throughput)
 			longest = max(longest, f.Estimate)
 		}
 	}
 	rep.Estimate = 2 * longest
 	return rep
+}
+
+// throughput returns the rate of kind's estimate, in MiB/s.
+func throughput(kind string) float64 {
+	if t := Throughput[kind]; t > 0 {
+		return t
+	}
+	return DefaultThroughput
+}
+
+// estimate returns how long moving bytes takes at mibps MiB/s.
+func estimate(bytes int64, mibps float64) time.Duration {
+	return time.Duration(float64(bytes) / (mibps * (1 << 20)) * float64(time.Second)).Round(time.Second)
 }
 
 // describeState says what the earlier runs finished of one component.
@@ -278,9 +289,11 @@ func (v Volume) Plan(ctx context.Context) Finding {
 
 // Plan implements Pair.Plan: both servers answer, their versions, the
 // documents and bytes of the source databases, target collections that
-// already hold documents (which block unless Drop), and the target's
-// flavor with the compatibility table of the source's collections, views
-// and indexes (see planCompat).
+// already hold documents (which block unless Drop), the source's oplog
+// window against the estimated dump time and what a replay of entries
+// like those in it does (see planOplog), and the target's flavor with the
+// compatibility table of the source's collections, views and indexes and
+// of the oplog's commands (see planCompat).
 func (c Mongo) Plan(ctx context.Context) (f Finding) {
 	f = Finding{Items: -1, Bytes: -1}
 	src, err := mongosnap.Connect(ctx, c.Source, c.SourceTLSCAFile)
@@ -300,9 +313,13 @@ func (c Mongo) Plan(ctx context.Context) (f Finding) {
 	if src == nil {
 		return f
 	}
+	// The compatibility table is made when both servers could be
+	// inspected (what the oplog blocks does not hide it).
+	var compat bool
+	var oplog *mongosnap.OplogWindow
 	defer func() {
-		if dst != nil && len(f.Blockers) == 0 {
-			c.planCompat(ctx, &f, src, dst)
+		if dst != nil && compat {
+			c.planCompat(ctx, &f, src, dst, oplog)
 		}
 	}()
 	dbs, err := c.databases(ctx, src)
@@ -345,7 +362,96 @@ func (c Mongo) Plan(ctx context.Context) (f Finding) {
 			}
 		}
 	}
+	compat = len(f.Blockers) == 0
+	oplog = c.planOplog(ctx, &f, src, dbs)
 	return f
+}
+
+// planOplog inspects the source's oplog (see mongo.InspectOplog) and
+// reports: without one, a warning that the copy is not one point in time
+// unless the writers are stopped; with one, its window (how long an entry
+// stays in it) against the estimated dump time, which blocks when shorter
+// (the dump's start entry would roll off and the dump fail) and warns
+// when less than twice as long; what a replay of entries like those in it
+// does; and each entry in it that cannot be replayed, which blocks (a
+// dump during which one like it is written fails). The dump streams into
+// the restore, so it lasts as long as the move: its estimate is the
+// source's dataSize (f.Bytes) at the mongo Throughput.
+func (c Mongo) planOplog(ctx context.Context, f *Finding, src *mongo.Client, dbs []string) *mongosnap.OplogWindow {
+	w, err := mongosnap.InspectOplog(ctx, src, dbs, mongosnap.OplogScan{Rename: c.targetDB})
+	if err != nil {
+		f.block("source: %v", err)
+		return nil
+	}
+	if !w.HasOplog {
+		f.note("warning: source: no oplog (%s): the copy will not be one point in time unless the application's writers are stopped during the move", w.NoOplog)
+		return w
+	}
+	rate := throughput("mongo")
+	dump := "unknown (the source's dataSize is unknown)"
+	var est time.Duration
+	if f.Bytes >= 0 {
+		est = estimate(f.Bytes, rate)
+		dump = fmt.Sprintf("%s (the source's dataSize, %s, at %g MiB/s, the rate of the move's estimate: the dump streams into the restore, so it lasts as long as the move)",
+			seconds(est), snapshot.HumanBytes(f.Bytes), rate)
+	}
+	size, stays := "its size unknown", "taken as full: an entry stays as long as the span"
+	if w.MaxSize > 0 {
+		size, stays = fmt.Sprintf("%s used of %s", snapshot.HumanBytes(w.Size), snapshot.HumanBytes(w.MaxSize)), "full: an entry stays as long as the span"
+		if w.Size < w.MaxSize {
+			stays = "not full yet: at the rate of writes seen, an entry stays that long"
+		}
+	}
+	window := fmt.Sprintf("about %s hours (its entries span %v, %s; %s, %s)",
+		hours(w.Hours()), w.Span, timeRange(w.Oldest, w.Newest), size, stays)
+	fix := "enlarge the oplog (replSetResizeOplog) or stop the application's writers during the move"
+	switch {
+	case w.Newest.IsZero():
+		f.note("oplog window: the oplog is empty: it keeps every entry written during the dump until it is full (%s); estimated dump time %s", size, dump)
+	case w.Window == 0:
+		f.note("oplog window: cannot be told yet: its entries span less than a second (%s, %s); estimated dump time %s", timeRange(w.Oldest, w.Newest), size, dump)
+	case f.Bytes < 0:
+		f.note("oplog window: %s; estimated dump time %s", window, dump)
+	case w.Window < est:
+		f.block("oplog window: %s is shorter than the estimated dump time, %s: the dump's start entry would roll off and the dump fail; %s", window, dump, fix)
+	case w.Window < 2*est:
+		f.note("warning: oplog window: %s is less than twice the estimated dump time, %s: more writes than seen would roll the dump's start entry off and fail the dump; %s", window, dump, fix)
+	default:
+		f.note("oplog window: %s against an estimated dump time of %s", window, dump)
+	}
+	if w.Scanned == 0 && w.Bound == "" {
+		return w
+	}
+	f.note("oplog replay: of the oplog's %d newest entries (%s), %s", w.Scanned, w.Scope(), w.Summary())
+	for _, r := range w.Refused {
+		f.block("oplog: %s: a dump during which an entry like it is written fails; stop what writes it during the move", r)
+	}
+	if more := w.RefusedCount - int64(len(w.Refused)); more > 0 {
+		f.block("oplog: %d more entries cannot be replayed", more)
+	}
+	return w
+}
+
+// hours formats a number of hours: two decimals below 10.
+func hours(h float64) string {
+	if h < 10 {
+		return fmt.Sprintf("%.2f", h)
+	}
+	return fmt.Sprintf("%.0f", h)
+}
+
+// seconds formats a duration rounded to the second: "<1s" below.
+func seconds(d time.Duration) string {
+	if d < time.Second {
+		return "<1s"
+	}
+	return d.Round(time.Second).String()
+}
+
+// timeRange formats the times of two oplog timestamps.
+func timeRange(from, to bson.Timestamp) string {
+	t := func(ts bson.Timestamp) string { return time.Unix(int64(ts.T), 0).UTC().Format(time.RFC3339) }
+	return "from " + t(from) + " to " + t(to)
 }
 
 // serverVersion describes the server of client: MongoDB's version, and
@@ -367,9 +473,10 @@ func serverVersion(ctx context.Context, client *mongo.Client) string {
 // planCompat adds the compatibility table of the target's flavor (the
 // one set, else the detected one) for the source's collections, views and
 // indexes: what the restore keeps as is, adapts, skips or refuses (see
-// mongo.Compatibility). Refused items block the move; adapted and skipped
-// ones block it with Strict.
-func (c Mongo) planCompat(ctx context.Context, f *Finding, src, dst *mongo.Client) {
+// mongo.Compatibility), then the rows of replaying the commands of oplog
+// (when set; see OplogWindow.Compat). Refused items block the move;
+// adapted and skipped ones block it with Strict.
+func (c Mongo) planCompat(ctx context.Context, f *Finding, src, dst *mongo.Client, oplog *mongosnap.OplogWindow) {
 	flavor, version, how := c.Flavor, "", "set"
 	detected, dversion, err := mongosnap.DetectFlavor(ctx, dst, c.Target)
 	switch {
@@ -435,18 +542,30 @@ func (c Mongo) planCompat(ctx context.Context, f *Finding, src, dst *mongo.Clien
 	verdicts := map[mongosnap.Verdict]int{}
 	for _, row := range mongosnap.Compatibility(flavor, version, specs) {
 		verdicts[row.Verdict]++
-		switch row.Verdict {
-		case mongosnap.AsIs:
-			continue
-		case mongosnap.Refused:
-			f.block("compatibility: %s", row)
-		case mongosnap.Adapted, mongosnap.Skipped:
-			if c.Strict {
-				f.block("compatibility (--strict): %s", row)
-			}
-		}
-		f.Compat = append(f.Compat, row.String())
+		c.compatRow(f, row)
 	}
 	f.note("compatibility with %s %s: of the collections, views, options and indexes, %d as they are, %d adapted, %d skipped, %d refused",
 		flavor, version, verdicts[mongosnap.AsIs], verdicts[mongosnap.Adapted], verdicts[mongosnap.Skipped], verdicts[mongosnap.Refused])
+	if oplog != nil {
+		for _, row := range oplog.Compat(flavor, version) {
+			c.compatRow(f, row)
+		}
+	}
+}
+
+// compatRow adds a row of the compatibility table to f: rows not as is
+// are listed, refused ones block, adapted and skipped ones block with
+// Strict.
+func (c Mongo) compatRow(f *Finding, row mongosnap.CompatRow) {
+	switch row.Verdict {
+	case mongosnap.AsIs:
+		return
+	case mongosnap.Refused:
+		f.block("compatibility: %s", row)
+	case mongosnap.Adapted, mongosnap.Skipped:
+		if c.Strict {
+			f.block("compatibility (--strict): %s", row)
+		}
+	}
+	f.Compat = append(f.Compat, row.String())
 }

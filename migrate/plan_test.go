@@ -210,3 +210,146 @@ func TestVolumeLeftovers(t *testing.T) {
 		}
 	}
 }
+
+// injectOplog inserts entries into the oplog of the lab server at uri, as
+// a server would log them (FerretDB logs no DDL, and stores what is
+// inserted there). ts are seconds before now.
+func injectOplog(t *testing.T, uri string, entries ...bson.D) {
+	t.Helper()
+	oplog := lab.MongoClient(t, uri).Database("local").Collection("oplog.rs")
+	for _, e := range entries {
+		if _, err := oplog.InsertOne(context.Background(), e); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func oplogEntry(ago time.Duration, op, ns string, o bson.D) bson.D {
+	return bson.D{{Key: "ts", Value: bson.Timestamp{T: uint32(time.Now().Add(-ago).Unix()), I: 100000}}, {Key: "t", Value: int64(1)},
+		{Key: "op", Value: op}, {Key: "ns", Value: ns}, {Key: "o", Value: o}}
+}
+
+// TestMongoPlanOplog: the plan of a replica-set source reports the oplog
+// window against the estimated dump time and the replay of the entries
+// in it, blocks on an entry that cannot be replayed (naming it) and lists
+// the compatibility rows of the oplog's commands on the target.
+func TestMongoPlanOplog(t *testing.T) {
+	ctx := context.Background()
+	_, src := lab.Mongo(t)
+	_, dst := lab.Mongo(t)
+	// The oplog's first entry is 10 minutes old (a no-op, as MongoDB
+	// writes every 10 s), then the application's writes.
+	injectOplog(t, src, oplogEntry(10*time.Minute, "n", "", bson.D{{Key: "msg", Value: "periodic noop"}}))
+	user := lab.MongoClient(t, src).Database("appsmith").Collection("user")
+	for i := range 10 {
+		if _, err := user.InsertOne(ctx, bson.D{{Key: "_id", Value: i}, {Key: "name", Value: "u"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	user.UpdateOne(ctx, bson.D{{Key: "_id", Value: 1}}, bson.D{{Key: "$set", Value: bson.D{{Key: "name", Value: "v"}}}})
+	user.DeleteOne(ctx, bson.D{{Key: "_id", Value: 2}})
+
+	f := migrate.Mongo{Source: src, Target: dst}.Plan(ctx)
+	notes := strings.Join(f.Notes, "\n")
+	if len(f.Blockers) != 0 {
+		t.Fatalf("plan: %+v", f)
+	}
+	for _, want := range []string{
+		"oplog window: about ",
+		" hours (its entries span 10m",
+		" used of 1.0 GiB, not full yet: at the rate of writes seen, an entry stays that long) against an estimated dump time of <1s (the source's dataSize, ",
+		" at 5 MiB/s, the rate of the move's estimate: the dump streams into the restore, so it lasts as long as the move)",
+		// The no-op and FerretDB's own entry of its insert into
+		// local.oplog.rs are left out.
+		"oplog replay: of the oplog's 14 newest entries (the whole oplog), 12 entries touch the databases moved: 10 inserts, 1 updates, 1 deletes, 0 commands, 0 skipped, 0 refused",
+	} {
+		if !strings.Contains(notes, want) {
+			t.Errorf("notes lack %q:\n%s", want, notes)
+		}
+	}
+
+	// A command no ordinary write expresses blocks, named; a TTL index
+	// built by the oplog is adapted on FerretDB.
+	injectOplog(t, src,
+		oplogEntry(0, "c", "appsmith.$cmd", bson.D{{Key: "convertToCapped", Value: "user"}, {Key: "size", Value: 4096}}),
+		oplogEntry(0, "c", "appsmith.$cmd", bson.D{{Key: "createIndexes", Value: "user"}, {Key: "v", Value: 2},
+			{Key: "key", Value: bson.D{{Key: "at", Value: 1}}}, {Key: "name", Value: "at_1"}, {Key: "expireAfterSeconds", Value: 60}}))
+	f = migrate.Mongo{Source: src, Target: dst}.Plan(ctx)
+	blockers, notes := strings.Join(f.Blockers, "\n"), strings.Join(f.Notes, "\n")
+	if len(f.Blockers) != 1 || !strings.HasPrefix(blockers, "oplog: the command convertToCapped of appsmith.user at ts ") ||
+		!strings.Contains(blockers, "cannot be replayed as ordinary writes: a dump during which an entry like it is written fails") {
+		t.Errorf("refused entry: %q", f.Blockers)
+	}
+	if !strings.Contains(notes, "1 commands (createIndexes 1), 0 skipped, 1 refused") {
+		t.Errorf("notes:\n%s", notes)
+	}
+	if c := strings.Join(f.Compat, "\n"); !strings.Contains(c, "appsmith.user oplog createIndexes: index at_1") || !strings.Contains(c, "FerretDB 1.x has no TTL") {
+		t.Errorf("compat: %q", f.Compat)
+	}
+}
+
+// TestMongoPlanOplogWindow: an oplog that is full and holds about an hour
+// of writes blocks a dump estimated to last longer, warns about one that
+// lasts more than half of it, and is reported against a short one.
+func TestMongoPlanOplogWindow(t *testing.T) {
+	ctx := context.Background()
+	_, src := lab.Mongo(t)
+	_, dst := lab.Mongo(t)
+	local := lab.MongoClient(t, src).Database("local")
+	// An oplog of 8 KiB (FerretDB does not trim it: full from then on)
+	// whose first entry is an hour old.
+	if err := local.Collection("oplog.rs").Drop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := local.RunCommand(ctx, bson.D{{Key: "create", Value: "oplog.rs"}, {Key: "capped", Value: true}, {Key: "size", Value: int64(8192)}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	injectOplog(t, src, oplogEntry(time.Hour, "n", "", bson.D{{Key: "msg", Value: "periodic noop"}}))
+	user := lab.MongoClient(t, src).Database("appsmith").Collection("user")
+	for i := range 20 {
+		if _, err := user.InsertOne(ctx, bson.D{{Key: "_id", Value: i}, {Key: "name", Value: strings.Repeat("u", 500)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := migrate.Mongo{Source: src, Target: dst}.Plan(ctx)
+	if len(f.Blockers) != 0 || f.Bytes <= 0 || !strings.Contains(strings.Join(f.Notes, "\n"), "oplog window: about 1.00 hours (its entries span 1h0m") ||
+		!strings.Contains(strings.Join(f.Notes, "\n"), " used of 8.0 KiB, full: an entry stays as long as the span) against an estimated dump time of <1s") {
+		t.Fatalf("plan: %+v", f)
+	}
+
+	// The estimate is f.Bytes at Throughput["mongo"]: a rate for a dump
+	// of two hours, then of 45 minutes.
+	old := migrate.Throughput["mongo"]
+	t.Cleanup(func() { migrate.Throughput["mongo"] = old })
+	rate := func(d time.Duration) float64 { return float64(f.Bytes) / d.Seconds() / (1 << 20) }
+	migrate.Throughput["mongo"] = rate(2 * time.Hour)
+	long := migrate.Mongo{Source: src, Target: dst}.Plan(ctx)
+	if b := strings.Join(long.Blockers, "\n"); len(long.Blockers) != 1 ||
+		!strings.HasPrefix(b, "oplog window: about 1.00 hours (") || !strings.Contains(b, "is shorter than the estimated dump time, 2h0m0s (") ||
+		!strings.Contains(b, "the dump's start entry would roll off and the dump fail; enlarge the oplog (replSetResizeOplog) or stop the application's writers") {
+		t.Errorf("a dump of 2 h: %q", long.Blockers)
+	}
+	migrate.Throughput["mongo"] = rate(45 * time.Minute)
+	close := migrate.Mongo{Source: src, Target: dst}.Plan(ctx)
+	if n := strings.Join(close.Notes, "\n"); len(close.Blockers) != 0 || !strings.Contains(n, "warning: oplog window: about 1.00 hours (") ||
+		!strings.Contains(n, "is less than twice the estimated dump time, 45m0s (") {
+		t.Errorf("a dump of 45 min: %+v", close)
+	}
+}
+
+// TestMongoPlanStandalone: a source without an oplog is a warning: the
+// copy is not one point in time unless the writers are stopped.
+func TestMongoPlanStandalone(t *testing.T) {
+	ctx := context.Background()
+	_, src := lab.MongoStandalone(t)
+	_, dst := lab.Mongo(t)
+	if _, err := lab.MongoClient(t, src).Database("appsmith").Collection("user").InsertOne(ctx, bson.D{{Key: "a", Value: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	f := migrate.Mongo{Source: src, Target: dst}.Plan(ctx)
+	notes := strings.Join(f.Notes, "\n")
+	if len(f.Blockers) != 0 || f.Items != 1 || strings.Contains(notes, "oplog window") ||
+		!strings.Contains(notes, "warning: source: no oplog (the source is not a replica set: no oplog): the copy will not be one point in time unless the application's writers are stopped during the move") {
+		t.Errorf("plan: %+v", f)
+	}
+}

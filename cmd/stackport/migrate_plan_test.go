@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -62,6 +63,8 @@ func TestMigratePlanStack(t *testing.T) {
 		" at 30 MiB/s\n",
 		"mongo: target flavor: ferretdb v1.24.2 (detected)",
 		"mongo: compatibility with ferretdb v1.24.2: of the collections, views, options and indexes, 3 as they are, 0 adapted",
+		"mongo: oplog window: ",
+		"mongo: oplog replay: of the oplog's ",
 		"mongo: estimate ",
 		"redis: target: loads the source's DUMP payloads (RDB version 10)",
 		"redis: target: maxmemory 64.0 MiB",
@@ -165,5 +168,49 @@ func TestMigratePlanUnreachable(t *testing.T) {
 	}
 	if n, _ := lab.MongoClient(t, msrc).Database("appsmith").Collection("user").CountDocuments(ctx, bson.D{}); n != 10 {
 		t.Errorf("the source changed: %d documents", n)
+	}
+}
+
+// TestMigratePlanOplog: --plan of a MongoDB source without an oplog warns
+// that the copy is not one point in time; of a replica set whose oplog
+// holds an entry that cannot be replayed, it reports the window and the
+// replay and blocks, naming the entry.
+func TestMigratePlanOplog(t *testing.T) {
+	ctx := context.Background()
+	_, standalone := lab.MongoStandalone(t)
+	_, rs := lab.Mongo(t)
+	_, dst := lab.Mongo(t)
+	seedMongo(t, standalone, 10)
+	seedMongo(t, rs, 10)
+	e := &testEnv{t: t, repo: "file://" + filepath.Join(t.TempDir(), "repo")}
+
+	err := runMigrate(ctx, e.global(), migrateOptions{Plan: true, Source: snapshotOptions{Mongo: standalone}, Target: restoreOptions{MongoTo: dst}})
+	out := e.stdout.String()
+	if err != nil || !strings.Contains(out, "mongo: warning: source: no oplog (the source is not a replica set: no oplog): the copy will not be one point in time unless the application's writers are stopped during the move\n") ||
+		!strings.Contains(out, "nothing blocks the migration") {
+		t.Errorf("standalone: %v\n%s", err, out)
+	}
+
+	oplog := lab.MongoClient(t, rs).Database("local").Collection("oplog.rs")
+	if _, err := oplog.InsertOne(ctx, bson.D{{Key: "ts", Value: bson.Timestamp{T: uint32(time.Now().Unix()), I: 100000}}, {Key: "op", Value: "c"},
+		{Key: "ns", Value: "appsmith.$cmd"}, {Key: "o", Value: bson.D{{Key: "convertToCapped", Value: "user"}, {Key: "size", Value: 4096}}}}); err != nil {
+		t.Fatal(err)
+	}
+	err = runMigrate(ctx, e.global(), migrateOptions{Plan: true, Source: snapshotOptions{Mongo: rs}, Target: restoreOptions{MongoTo: dst}})
+	out = e.stdout.String()
+	if exitCode(err) != 1 || !strings.Contains(err.Error(), "1 problem(s) block the migration") {
+		t.Fatalf("refused entry: exit %d, %v\n%s", exitCode(err), err, out)
+	}
+	for _, want := range []string{
+		"mongo: oplog window: ",
+		// seedMongo's 30 inserts, the entry and FerretDB's own entry of its
+		// insert into local.oplog.rs (left out).
+		"mongo: oplog replay: of the oplog's 32 newest entries (the whole oplog), 31 entries touch the databases moved: 30 inserts, 0 updates, 0 deletes, 0 commands, 0 skipped, 1 refused\n",
+		"mongo: BLOCKS: oplog: the command convertToCapped of appsmith.user at ts ",
+		"command convertToCapped on appsmith.user: cannot be replayed as ordinary writes: a dump during which an entry like it is written fails",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the plan lacks %q:\n%s", want, out)
+		}
 	}
 }

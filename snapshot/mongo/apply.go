@@ -54,10 +54,10 @@ func (p *replayPlan) add(op replayOp, rows []CompatRow) {
 	p.rows = append(p.rows, rows...)
 }
 
-// refuse records an operation that cannot be replayed.
-func (p *replayPlan) refuse(off int64, what string, err error) {
+// refuse records an operation that cannot be replayed (err says which).
+func (p *replayPlan) refuse(off int64, err error) {
 	p.rows = append(p.rows, CompatRow{Namespace: "oplog.bson", Item: fmt.Sprintf("entry at byte offset %d", off),
-		Verdict: Refused, Detail: what + ": " + err.Error()})
+		Verdict: Refused, Detail: err.Error()})
 }
 
 // summary is the info row of the compatibility table about the replay.
@@ -99,9 +99,12 @@ func (s *restorer) readAhead(ctx context.Context) error {
 	docs := newDocReader(rc, "oplog")
 	err = replayEntries(ctx, docs, s.keepDB, s.rename.apply, func(off int64, raw bson.Raw) error {
 		op, err := translate(raw)
+		if err == nil {
+			err = s.unsupported(op)
+		}
 		switch {
 		case errors.Is(err, errUnreplayable):
-			p.refuse(off, op.describe(), err)
+			p.refuse(off, err)
 			return nil
 		case err != nil:
 			return corrupt("oplog: byte offset %d: %v", off, err)
@@ -118,6 +121,21 @@ func (s *restorer) readAhead(ctx context.Context) error {
 	}
 	p.entries = docs.docs
 	s.replay = p
+	return nil
+}
+
+// ferret reports whether the target is FerretDB (as it reports itself, or
+// as the flavor set says).
+func (s *restorer) ferret() bool { return s.server == FlavorFerretDB || s.flavor == FlavorFerretDB }
+
+// unsupported returns why the target cannot replay op, wrapping
+// errUnreplayable, or nil.
+func (s *restorer) unsupported(op replayOp) error {
+	if op.slices && s.ferret() {
+		// Probed: FerretDB 1.24 answers $push with $slice, and $pop,
+		// with success and leaves the array as it was.
+		return fmt.Errorf("update of %s shortens an array, which FerretDB 1.x cannot do (it ignores $slice and $pop): %w", op.ns, errUnreplayable)
+	}
 	return nil
 }
 
@@ -219,9 +237,12 @@ func (s *restorer) replayOplog(ctx context.Context, docs *docReader) error {
 	err := replayEntries(ctx, docs, s.keepDB, s.rename.apply, func(off int64, raw bson.Raw) error {
 		op, err := translate(slices.Clone(raw))
 		op.off = off
+		if err == nil {
+			err = s.unsupported(op)
+		}
 		switch {
 		case errors.Is(err, errUnreplayable):
-			return rp.stopped(ctx, fmt.Errorf("mongo: replay the oplog: the entry at byte offset %d (%s) %w", off, op.describe(), err))
+			return rp.stopped(ctx, fmt.Errorf("mongo: replay the oplog: the entry at byte offset %d: %w", off, err))
 		case err != nil:
 			return corrupt("oplog: byte offset %d: %v", off, err)
 		}
@@ -306,7 +327,7 @@ func (rp *replayer) flush(ctx context.Context) error {
 	s := rp.s
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(parallel(s.r.Parallel))
-	if s.server == FlavorFerretDB || s.flavor == FlavorFerretDB {
+	if s.ferret() {
 		// FerretDB 1.x (SQLite) stalls on concurrent updates and deletes
 		// of one database (probed: two bulk writes waited for minutes).
 		g.SetLimit(1)
@@ -330,7 +351,10 @@ func (rp *replayer) flush(ctx context.Context) error {
 				if we.Index >= 0 && we.Index < len(b.of) {
 					f.op = b.ops[b.of[we.Index]]
 				}
-				f.err = fmt.Errorf("%s (code %d)", we.Message, we.Code)
+				f.err = writeError(err)
+				if i, perr := b.pinpoint(gctx, coll); perr != nil {
+					f.op, f.err = b.ops[b.of[i]], writeError(perr)
+				}
 			}
 			mu.Lock()
 			if failed == nil || f.op.off < failed.op.off {
@@ -355,6 +379,36 @@ func (rp *replayer) flush(ctx context.Context) error {
 	clear(rp.batches)
 	rp.order, rp.ops, rp.bytes = rp.order[:0], 0, 0
 	return nil
+}
+
+// pinpoint sends the writes of b again one at a time, in order, and returns
+// the index and the error of the first that fails: a server's index of a
+// failed write in a bulk write is not always right (FerretDB 1.24 reports
+// 0). Every write of a replay is idempotent, so sending those before it
+// again does no harm, except an insert of a document without _id: with one,
+// pinpoint sends nothing and returns a nil error.
+func (b *replayBatch) pinpoint(ctx context.Context, coll *mongo.Collection) (int, error) {
+	for _, m := range b.models {
+		if _, insert := m.(*mongo.InsertOneModel); insert {
+			return 0, nil
+		}
+	}
+	for i, m := range b.models {
+		if _, err := coll.BulkWrite(ctx, []mongo.WriteModel{m}); err != nil {
+			return i, err
+		}
+	}
+	return 0, nil
+}
+
+// writeError returns the server's message of a failed bulk write.
+func writeError(err error) error {
+	var bwe mongo.BulkWriteException
+	if errors.As(err, &bwe) && len(bwe.WriteErrors) > 0 {
+		we := bwe.WriteErrors[0]
+		return fmt.Errorf("%s (code %d)", we.Message, we.Code)
+	}
+	return err
 }
 
 // A replayFailure is a write of a replay that the target refused or that
@@ -458,8 +512,12 @@ func (rp *replayer) command(ctx context.Context, op replayOp, cp cmdPlan, rows [
 		}
 		// A collection under the new name was read after the rename
 		// (or is the one the rename replaces): the renamed collection,
-		// with the entries after it, supersedes it.
-		cmd := bson.D{{Key: "renameCollection", Value: t.String()}, {Key: "to", Value: to.String()}, {Key: "dropTarget", Value: true}}
+		// with the entries after it, supersedes it. Dropped first, not
+		// with dropTarget, which FerretDB 1.x does not implement.
+		if err := s.client.Database(to.db).Collection(to.coll).Drop(ctx); err != nil {
+			return fail(err)
+		}
+		cmd := bson.D{{Key: "renameCollection", Value: t.String()}, {Key: "to", Value: to.String()}}
 		if err := s.client.Database("admin").RunCommand(ctx, cmd).Err(); err != nil {
 			return fail(err)
 		}

@@ -111,8 +111,8 @@ func captureOplog(ctx context.Context, src docSource, w io.Writer, start bson.Ti
 		}
 		ops, err := replayOps(entry, keepDB, nil)
 		for _, raw := range ops {
-			if op, terr := translate(raw); errors.Is(terr, errUnreplayable) {
-				err = fmt.Errorf("the %s at %v %w: retry the snapshot (the entry will be older than its start)", op.describe(), entry.Lookup("ts"), terr)
+			if _, terr := translate(raw); errors.Is(terr, errUnreplayable) {
+				err = fmt.Errorf("the entry at %v: %w: retry the snapshot (the entry will be older than its start)", entry.Lookup("ts"), terr)
 			}
 		}
 		return len(ops) > 0, err

@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/stackport/stackport/internal/lab"
 	"github.com/stackport/stackport/internal/livetest"
@@ -134,4 +138,126 @@ func TestReplayRefusedBeforeWriting(t *testing.T) {
 	if lerr != nil || len(names) != 0 {
 		t.Errorf("the target holds %v (%v): something was written", names, lerr)
 	}
+}
+
+// TestReplayCommands replays oplog commands and updates that FerretDB does
+// not log itself (it logs no DDL and only whole-document updates) into a
+// FerretDB: a rename over a collection read after it, a drop, a create, an
+// index created and one dropped (built after the replay), a $v 2 diff with
+// a nested field and a shortened array, skipped index-build bookkeeping;
+// and a write the target refuses, named by namespace, operation and offset.
+func TestReplayCommands(t *testing.T) {
+	ctx := context.Background()
+	_, dstURI := lab.Mongo(t)
+	dst := connectT(t, dstURI)
+	a, b, c := plainCollection("app", "a"), plainCollection("app", "b"), plainCollection("app", "c")
+	d := func(v bson.D) bson.Raw { return marshal(t, v) }
+	docs := map[namespace][]bson.Raw{
+		a.ns: {d(bson.D{{Key: "_id", Value: 1}, {Key: "arr", Value: bson.A{1, 2, 3}}, {Key: "p", Value: bson.D{{Key: "q", Value: 1}}}}), d(bson.D{{Key: "_id", Value: 2}})},
+		b.ns: {d(bson.D{{Key: "_id", Value: 1}})},
+		// c: read after the rename, with a document the rename replaces.
+		c.ns: {d(bson.D{{Key: "_id", Value: 9}})},
+	}
+	cmd := func(ts uint32, o bson.D) bson.Raw { return entry(t, ts, "c", "app.$cmd", o) }
+	oplog := []bson.Raw{
+		entry(t, 11, "i", "app.a", bson.D{{Key: "_id", Value: 3}}),
+		cmd(12, bson.D{{Key: "createIndexes", Value: "a"}, {Key: "v", Value: 2}, {Key: "key", Value: bson.D{{Key: "p.q", Value: 1}}}, {Key: "name", Value: "pq"}}),
+		cmd(13, bson.D{{Key: "createIndexes", Value: "a"}, {Key: "v", Value: 2}, {Key: "key", Value: bson.D{{Key: "gone", Value: 1}}}, {Key: "name", Value: "gone_1"}}),
+		cmd(14, bson.D{{Key: "startIndexBuild", Value: "a"}, {Key: "indexes", Value: bson.A{}}}),
+		cmd(15, bson.D{{Key: "renameCollection", Value: "app.a"}, {Key: "to", Value: "app.c"}, {Key: "stayTemp", Value: false}}),
+		entry(t, 16, "i", "app.c", bson.D{{Key: "_id", Value: 4}}),
+		cmd(17, bson.D{{Key: "dropIndexes", Value: "c"}, {Key: "index", Value: "gone_1"}}),
+		cmd(18, bson.D{{Key: "drop", Value: "b"}}),
+		cmd(19, bson.D{{Key: "create", Value: "e"}}),
+		entry(t, 20, "u", "app.c", bson.D{{Key: "$v", Value: 2}, {Key: "diff", Value: bson.D{
+			{Key: "i", Value: bson.D{{Key: "x", Value: 5}}},
+			{Key: "sp", Value: bson.D{{Key: "u", Value: bson.D{{Key: "q", Value: 2}}}}},
+			{Key: "sarr", Value: bson.D{{Key: "a", Value: true}, {Key: "u0", Value: 7}}},
+		}}}, bson.E{Key: "o2", Value: bson.D{{Key: "_id", Value: 1}}}),
+		entry(t, 21, "d", "app.c", bson.D{{Key: "_id", Value: 2}}),
+	}
+	store := streamtest.New()
+	writeSnapshot(t, store, []*collection{a, b, c}, docs, oplog)
+	stats, err := (&Restorer{URI: dstURI, Log: quiet}).Restore(ctx, store.Reader())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stats["oplog_applied"] != 10 || stats["oplog_skipped"] != 1 {
+		t.Errorf("stats %v", stats)
+	}
+	db := dst.Database("app")
+	names, err := db.ListCollectionNames(ctx, bson.D{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(names)
+	if !slices.Equal(names, []string{"c", "e"}) {
+		t.Errorf("collections %v, want [c e]", names)
+	}
+	cur, err := db.Collection("c").Find(ctx, bson.D{}, options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []bson.Raw
+	for cur.Next(ctx) {
+		got = append(got, slices.Clone(cur.Current))
+	}
+	want := []bson.Raw{
+		d(bson.D{{Key: "_id", Value: 1}, {Key: "arr", Value: bson.A{7, 2, 3}}, {Key: "p", Value: bson.D{{Key: "q", Value: 2}}}, {Key: "x", Value: 5}}),
+		d(bson.D{{Key: "_id", Value: 3}}), d(bson.D{{Key: "_id", Value: 4}}),
+	}
+	if len(got) != len(want) {
+		t.Fatalf("app.c holds %v, want %v", got, want)
+	}
+	for i := range want {
+		if !bytesEqual(got[i], want[i]) {
+			t.Errorf("app.c document %d: %v, want %v", i, got[i], want[i])
+		}
+	}
+	specs, err := db.Collection("c").Indexes().ListSpecifications(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var idx []string
+	for _, s := range specs {
+		idx = append(idx, s.Name)
+	}
+	slices.Sort(idx)
+	if !slices.Equal(idx, []string{"_id_", "pq"}) {
+		t.Errorf("indexes of app.c: %v, want [_id_ pq]", idx)
+	}
+
+	t.Run("shortened array refused on FerretDB", func(t *testing.T) {
+		_, uri := lab.Mongo(t)
+		shorten := entry(t, 11, "u", "app.a", bson.D{{Key: "$v", Value: 2}, {Key: "diff", Value: bson.D{
+			{Key: "sarr", Value: bson.D{{Key: "a", Value: true}, {Key: "l", Value: 2}}}}}}, bson.E{Key: "o2", Value: bson.D{{Key: "_id", Value: 1}}})
+		store := streamtest.New()
+		writeSnapshot(t, store, []*collection{a}, docs, []bson.Raw{shorten})
+		_, err := (&Restorer{URI: uri, Log: quiet}).Restore(ctx, store.Reader())
+		if !errors.Is(err, ErrIncompatible) || !strings.Contains(err.Error(), "shortens an array") {
+			t.Fatalf("err = %v", err)
+		}
+		if names, _ := lab.MongoClient(t, uri).Database("app").ListCollectionNames(ctx, bson.D{}); len(names) != 0 {
+			t.Errorf("the target holds %v", names)
+		}
+	})
+	t.Run("refused write", func(t *testing.T) {
+		_, uri := lab.Mongo(t)
+		// An existing empty collection keeps its unique index, so the
+		// second insert of the same email is refused by the target.
+		u := lab.MongoClient(t, uri).Database("app").Collection("u")
+		if _, err := u.Indexes().CreateOne(ctx, mongo.IndexModel{Keys: bson.D{{Key: "email", Value: 1}}, Options: options.Index().SetUnique(true)}); err != nil {
+			t.Fatal(err)
+		}
+		first := entry(t, 11, "i", "app.u", bson.D{{Key: "_id", Value: 1}, {Key: "email", Value: "a@x"}})
+		second := entry(t, 12, "i", "app.u", bson.D{{Key: "_id", Value: 2}, {Key: "email", Value: "a@x"}})
+		store := streamtest.New()
+		writeSnapshot(t, store, []*collection{plainCollection("app", "u")}, nil, []bson.Raw{first, second})
+		_, err := (&Restorer{URI: uri, Log: quiet}).Restore(ctx, store.Reader())
+		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("the insert of app.u (entry at byte offset %d) failed", len(first))) ||
+			!strings.Contains(err.Error(), "not at one point in time") {
+			t.Fatalf("err = %v", err)
+		}
+		t.Log(err)
+	})
 }

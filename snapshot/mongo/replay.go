@@ -92,6 +92,7 @@ type replayOp struct {
 	name   string   // the command's name
 	o      bson.Raw // the command's document
 	skip   string   // why the operation is skipped, when it is
+	slices bool     // an update that shortens an array ($push with $slice)
 }
 
 // describe names the operation for messages: "update of appsmith.page".
@@ -152,33 +153,33 @@ func translate(op bson.Raw) (replayOp, error) {
 		if !ok || filter.Lookup("_id").Type == 0 {
 			return r, fmt.Errorf("update entry on %s without o2._id", ns)
 		}
-		models, err := updateModels(filter, o)
+		models, slices, err := updateModels(filter, o)
 		if err != nil {
 			return r, fmt.Errorf("update of %s: %w", ns, err)
 		}
-		r.models = models
+		r.models, r.slices = models, slices
 		return r, nil
 	}
 	return r, fmt.Errorf("oplog entry with unknown op %q", kind)
 }
 
 // updateModels translates the o of an update entry into writes of the
-// document filter names.
-func updateModels(filter, o bson.Raw) ([]mongo.WriteModel, error) {
+// document filter names; slices reports a shortened array.
+func updateModels(filter, o bson.Raw) (models []mongo.WriteModel, slices bool, err error) {
 	elems, err := o.Elements()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if len(elems) == 0 || !strings.HasPrefix(elems[0].Key(), "$") {
 		// The legacy form: the whole new document.
-		return []mongo.WriteModel{mongo.NewReplaceOneModel().SetFilter(filter).SetReplacement(o)}, nil
+		return []mongo.WriteModel{mongo.NewReplaceOneModel().SetFilter(filter).SetReplacement(o)}, false, nil
 	}
 	u := &update{}
 	version := int32(1)
 	if v := o.Lookup("$v"); v.Type != 0 {
 		n, ok := v.AsInt64OK()
 		if !ok {
-			return nil, fmt.Errorf("$v is a %s", v.Type)
+			return nil, false, fmt.Errorf("$v is a %s", v.Type)
 		}
 		version = int32(n)
 	}
@@ -190,11 +191,11 @@ func updateModels(filter, o bson.Raw) ([]mongo.WriteModel, error) {
 			case "$set", "$unset":
 				doc, ok := e.Value().DocumentOK()
 				if !ok {
-					return nil, fmt.Errorf("%s is a %s", e.Key(), e.Value().Type)
+					return nil, false, fmt.Errorf("%s is a %s", e.Key(), e.Value().Type)
 				}
 				fields, err := doc.Elements()
 				if err != nil {
-					return nil, err
+					return nil, false, err
 				}
 				for _, f := range fields {
 					if e.Key() == "$set" {
@@ -204,27 +205,27 @@ func updateModels(filter, o bson.Raw) ([]mongo.WriteModel, error) {
 					}
 				}
 			default:
-				return nil, fmt.Errorf("update operator %s in an oplog entry: %w", e.Key(), errUnreplayable)
+				return nil, false, fmt.Errorf("update operator %s in an oplog entry: %w", e.Key(), errUnreplayable)
 			}
 		}
 		if set, ok := o.Lookup("$set").DocumentOK(); ok && len(u.unset) == 0 && set.Lookup("_id").Type != 0 {
 			// FerretDB records an update as $set of the whole new
 			// document, _id included (MongoDB never sets _id, which
 			// cannot change): a replacement, so that removed fields go.
-			return []mongo.WriteModel{mongo.NewReplaceOneModel().SetFilter(filter).SetReplacement(set)}, nil
+			return []mongo.WriteModel{mongo.NewReplaceOneModel().SetFilter(filter).SetReplacement(set)}, false, nil
 		}
 	case 2:
 		diff, ok := o.Lookup("diff").DocumentOK()
 		if !ok {
-			return nil, errors.New("$v 2 update without a diff document")
+			return nil, false, errors.New("$v 2 update without a diff document")
 		}
 		if err := u.docDiff("", diff); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 	default:
-		return nil, fmt.Errorf("update format $v %d: %w", version, errUnreplayable)
+		return nil, false, fmt.Errorf("update format $v %d: %w", version, errUnreplayable)
 	}
-	return u.models(filter), nil
+	return u.models(filter), len(u.truncate) > 0, nil
 }
 
 // An update collects the update operators of one update entry.
