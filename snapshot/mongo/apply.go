@@ -62,23 +62,31 @@ func (p *replayPlan) refuse(off int64, err error) {
 
 // summary is the info row of the compatibility table about the replay.
 func (p *replayPlan) summary() CompatRow {
-	var cmds []string
-	for _, name := range slices.Sorted(maps.Keys(p.commands)) {
-		cmds = append(cmds, fmt.Sprintf("%s %d", name, p.commands[name]))
-	}
-	var skipped int64
-	for _, n := range p.skipped {
-		skipped += n
-	}
-	detail := fmt.Sprintf("the oplog's %d entries are replayed as ordinary writes: %d inserts, %d updates, %d deletes, %d commands",
-		p.entries, p.ops[opInsert], p.ops[opUpdate], p.ops[opDelete], len(cmds))
-	if len(cmds) > 0 {
-		detail += " (" + strings.Join(cmds, ", ") + ")"
-	}
+	counts, skipped := replayCounts(p.ops[opInsert], p.ops[opUpdate], p.ops[opDelete], p.commands, p.skipped)
+	detail := fmt.Sprintf("the oplog's %d entries are replayed as ordinary writes: %s", p.entries, counts)
 	if skipped > 0 {
 		detail += fmt.Sprintf(", %d skipped (they change no data)", skipped)
 	}
 	return CompatRow{Namespace: "oplog.bson", Item: "replay", Verdict: Info, Detail: detail}
+}
+
+// replayCounts describes the operations of a replay: "3 inserts, 1
+// updates, 0 deletes, 2 commands (create 1, drop 1)", and returns how many
+// were skipped.
+func replayCounts(inserts, updates, deletes int64, commands, skipped map[string]int64) (string, int64) {
+	var cmds []string
+	for _, name := range slices.Sorted(maps.Keys(commands)) {
+		cmds = append(cmds, fmt.Sprintf("%s %d", name, commands[name]))
+	}
+	s := fmt.Sprintf("%d inserts, %d updates, %d deletes, %d commands", inserts, updates, deletes, len(cmds))
+	if len(cmds) > 0 {
+		s += " (" + strings.Join(cmds, ", ") + ")"
+	}
+	var n int64
+	for _, k := range skipped {
+		n += k
+	}
+	return s, n
 }
 
 // readAhead reads oplog.bson before anything is written, when the
@@ -234,7 +242,11 @@ func (s *restorer) replayOplog(ctx context.Context, docs *docReader) error {
 	rp := &replayer{s: s, batches: map[namespace]*replayBatch{}, last: -1}
 	plan := newReplayPlan()
 	tick := time.Now()
+	var until uint32 // seconds of the last entry's ts
 	err := replayEntries(ctx, docs, s.keepDB, s.rename.apply, func(off int64, raw bson.Raw) error {
+		if t, _, ok := raw.Lookup("ts").TimestampOK(); ok {
+			until = max(until, t)
+		}
 		op, err := translate(slices.Clone(raw))
 		op.off = off
 		if err == nil {
@@ -283,6 +295,9 @@ func (s *restorer) replayOplog(ctx context.Context, docs *docReader) error {
 	}
 	if len(skipped) > 0 {
 		s.log.Warn("mongo: oplog entries skipped (they change no data)", "entries", strings.Join(skipped, "; "))
+	}
+	if until > 0 {
+		s.log.Info("mongo: the target holds the source as of its oplog's last captured entry", "point_in_time", time.Unix(int64(until), 0).UTC().Format(time.RFC3339))
 	}
 	s.log.Info("mongo: oplog replayed", "applied", rp.applied, "inserts", plan.ops[opInsert], "updates", plan.ops[opUpdate],
 		"deletes", plan.ops[opDelete], "commands", len(plan.commands), "skipped", s.stats["oplog_skipped"])

@@ -107,21 +107,8 @@ func (w *OplogWindow) Hours() float64 { return w.Window.Hours() }
 
 // Summary describes the scanned entries as a replay would apply them.
 func (w *OplogWindow) Summary() string {
-	var cmds []string
-	for _, name := range slices.Sorted(maps.Keys(w.Commands)) {
-		cmds = append(cmds, fmt.Sprintf("%s %d", name, w.Commands[name]))
-	}
-	var skipped int64
-	for _, n := range w.Skipped {
-		skipped += n
-	}
-	s := fmt.Sprintf("%d entries touch the databases moved: %d inserts, %d updates, %d deletes, %d commands",
-		w.Entries, w.Inserts, w.Updates, w.Deletes, len(cmds))
-	if len(cmds) > 0 {
-		s += " (" + strings.Join(cmds, ", ") + ")"
-	}
-	s += fmt.Sprintf(", %d skipped, %d refused", skipped, w.RefusedCount)
-	return s
+	counts, skipped := replayCounts(w.Inserts, w.Updates, w.Deletes, w.Commands, w.Skipped)
+	return fmt.Sprintf("%d entries touch the databases moved: %s, %d skipped, %d refused", w.Entries, counts, skipped, w.RefusedCount)
 }
 
 // Compat returns the rows of the compatibility table of replaying the
