@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"path"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -250,19 +253,23 @@ func (cw *componentWriter) Create(name string) (io.WriteCloser, error) {
 	if !validKey(name) {
 		return nil, fmt.Errorf("snapshot: component %s: invalid stream name %q", cw.kind, name)
 	}
-	key := cw.kind + "/" + name + w.opts.Compression.Ext()
 	if err := w.ctx.Err(); err != nil {
-		return nil, fmt.Errorf("snapshot: %s: %w", key, err)
+		return nil, fmt.Errorf("snapshot: %s/%s: %w", cw.kind, name, err)
 	}
 	w.mu.Lock()
 	c := w.m.Component(cw.kind)
+	slot := len(c.Objects)
+	key := objectKey(cw.kind, slot, name, w.opts.Compression)
 	for _, o := range c.Objects {
-		if o.Key == key {
+		if o.Name == name {
 			w.mu.Unlock()
-			return nil, fmt.Errorf("snapshot: stream %s created twice", key)
+			return nil, fmt.Errorf("snapshot: stream %s/%s created twice", cw.kind, name)
+		}
+		if o.Key == key { // cannot happen: see objectKey
+			w.mu.Unlock()
+			return nil, fmt.Errorf("snapshot: streams %s/%s and %s/%s have the same object key %s", cw.kind, o.Name, cw.kind, name, key)
 		}
 	}
-	slot := len(c.Objects)
 	c.Objects = append(c.Objects, Object{Key: key, Name: name})
 	w.mu.Unlock()
 
@@ -290,6 +297,112 @@ func (cw *componentWriter) Create(name string) (io.WriteCloser, error) {
 	w.open[o] = struct{}{}
 	w.mu.Unlock()
 	return o, nil
+}
+
+// Object keys. A stream's object key is kept readable, "<kind>/<name><ext>"
+// as in "volume/volume.tar.zst", when the name is short and plain; any other
+// name gets a key of bounded length that does not depend on how long the
+// name is, "<kind>/<n>-<prefix>-<hash><stream ext><ext>", for example
+// "mongo/3-appsmith-7e879c38.bson.zst": n is the object's index in its
+// component, prefix the name's first bytes with anything but ASCII letters,
+// digits, '.', '_' and '-' folded into '_', hash the first 8 hex digits of
+// the name's SHA-256. Either way the manifest records the key beside the
+// name, and readers use the recorded key, so older snapshots, whose keys
+// followed the name whatever its length, still read.
+//
+// The index makes derived keys unique within a component; a readable key
+// cannot take a derived one, because names that begin with digits and '-'
+// are never kept readable.
+const (
+	// maxReadableElem bounds each slash-separated element of a readable
+	// key, with the compression's extension; a file system's NAME_MAX is
+	// 255 bytes, and fileblob adds up to 21 for its temporary file.
+	maxReadableElem = 100
+	// maxReadableName bounds a readable stream name (S3, GCS and Azure
+	// allow keys of 1024 bytes, with the repository's prefix).
+	maxReadableName = 200
+	// maxKeyPrefix and maxStreamExt bound the parts of a derived key
+	// taken from the name.
+	maxKeyPrefix = 40
+	maxStreamExt = 12
+)
+
+// objectKey returns the key of object number n (from 0) of component kind,
+// the stream called name, compressed with c.
+func objectKey(kind string, n int, name string, c Compression) string {
+	if readableName(name, c) {
+		return kind + "/" + name + c.Ext()
+	}
+	sum := sha256.Sum256([]byte(name))
+	base := name
+	ext := path.Ext(name)
+	if len(ext) > 1 && len(ext) <= maxStreamExt && plain(ext) {
+		base = strings.TrimSuffix(name, ext)
+	} else {
+		ext = ""
+	}
+	var b strings.Builder
+	b.WriteString(kind)
+	b.WriteByte('/')
+	b.WriteString(strconv.Itoa(n))
+	b.WriteByte('-')
+	if p := keyPrefix(base); p != "" {
+		b.WriteString(p)
+		b.WriteByte('-')
+	}
+	b.WriteString(hex.EncodeToString(sum[:4]))
+	b.WriteString(ext)
+	b.WriteString(c.Ext())
+	return b.String()
+}
+
+// readableName reports whether the stream called name keeps its name in its
+// object key: plain bytes only, every element short, and not the form of a
+// derived key's element ("<digits>-…").
+func readableName(name string, c Compression) bool {
+	if len(name) > maxReadableName || !plain(strings.ReplaceAll(name, "/", "")) {
+		return false
+	}
+	if i := strings.IndexFunc(name, func(r rune) bool { return r < '0' || r > '9' }); i > 0 && name[i] == '-' {
+		return false
+	}
+	for _, e := range strings.Split(name+c.Ext(), "/") {
+		if len(e) > maxReadableElem {
+			return false
+		}
+	}
+	return true
+}
+
+// plain reports whether s holds only ASCII letters, digits, '.', '_', '-'.
+func plain(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if !plainByte(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func plainByte(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-'
+}
+
+// keyPrefix returns the first maxKeyPrefix bytes of s for a derived key:
+// each run of other bytes than plainByte's (slashes, spaces, '%', UTF-8)
+// becomes one '_', and the result neither begins nor ends with '.', '_'
+// or '-'.
+func keyPrefix(s string) string {
+	var b []byte
+	for i := 0; i < len(s) && len(b) < maxKeyPrefix; i++ {
+		switch c := s[i]; {
+		case plainByte(c):
+			b = append(b, c)
+		case len(b) > 0 && b[len(b)-1] != '_':
+			b = append(b, '_')
+		}
+	}
+	return strings.Trim(string(b), "._-")
 }
 
 // objectWriter is one stream: compressor → checksum → blob writer.

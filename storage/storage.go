@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"unicode/utf8"
 	"time"
 
 	"gocloud.dev/blob"
@@ -398,10 +399,25 @@ func oneLine(err error) string {
 	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
 		s = s[:i]
 	}
-	if len(s) > 300 {
-		s = s[:300] + "…"
+	return shorten(s, 150)
+}
+
+// shorten keeps the first and the last n bytes of s, cut on character
+// boundaries, with "…" between them when s is longer: a driver's error
+// names the key and the path before its cause ("file name too long", "no
+// space left on device"), which must not be cut off.
+func shorten(s string, n int) string {
+	if len(s) <= 2*n {
+		return s
 	}
-	return s
+	head, tail := n, len(s)-n
+	for head > 0 && !utf8.RuneStart(s[head]) {
+		head--
+	}
+	for tail < len(s) && !utf8.RuneStart(s[tail]) {
+		tail++
+	}
+	return s[:head] + "…" + s[tail:]
 }
 
 // secretParams are query parameters whose values are never shown.
