@@ -20,6 +20,8 @@ import (
 )
 
 type exportOptions struct {
+	// Host chooses whose newest snapshot "latest" is.
+	Host      string
 	Component string
 	Out       string
 	Crypto    cryptoOptions
@@ -37,12 +39,18 @@ for mongo, a directory that mongorestore --dir reads (with oplog.bson for
 redis-server loads at start-up and Memorystore imports from a bucket; for
 postgres, one plain SQL file that psql -f restores into an empty database.
 
-The file appears under its name only when it is complete; "-" writes to stdout.`,
+The file appears under its name only when it is complete; "-" writes to stdout.
+
+latest is the newest snapshot of --host; without --host, of this host when
+the repository holds snapshots of several hosts, or of the only host there
+is (the host chosen is logged). An empty ID ("$ID" unset) is refused, never
+taken as latest.`,
 		Example: `  stackport export latest --component volume --out appsmith-stacks.tar
   tar -tvf appsmith-stacks.tar | head
   stackport export latest --component volume --out - | tar -x -C /tmp/restore
   stackport export latest --component mongo --out dump/ && mongorestore --dir dump/
   stackport export latest --component redis --out dump.rdb
+  stackport export latest --host appsmith-0 --component volume --out appsmith-0.tar
   stackport export latest --component postgres --out appsmith.sql && psql -f appsmith.sql`,
 		Args: wrapArgs(cobra.MaximumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -52,11 +60,15 @@ The file appears under its name only when it is complete; "-" writes to stdout.`
 	f := cmd.Flags()
 	f.StringVar(&opts.Component, "component", "volume", "component to export (volume, mongo, redis, postgres)")
 	f.StringVarP(&opts.Out, "out", "o", "", "output file, or - for stdout")
+	f.StringVar(&opts.Host, "host", "", "latest is the newest snapshot of this host (default: this host's, or the only host's); an ID must be of it")
 	opts.Crypto.addDecryptFlags(f)
 	return cmd
 }
 
 func runExport(ctx context.Context, g *globalOptions, opts exportOptions, ref string) error {
+	if err := checkSnapshotRef("export", ref); err != nil {
+		return err
+	}
 	if opts.Out == "" {
 		return usageErrorf("export: give --out FILE (or - for stdout)")
 	}
@@ -64,7 +76,7 @@ func runExport(ctx context.Context, g *globalOptions, opts exportOptions, ref st
 	if !ok {
 		return usageErrorf("export: unknown component %q (this build exports: %s)", opts.Component, strings.Join(slices.Sorted(maps.Keys(exporters)), ", "))
 	}
-	repo, m, ropts, err := loadSnapshot(ctx, g, opts.Crypto, ref)
+	repo, m, ropts, err := loadSnapshotOf(ctx, g, "export", opts.Crypto, ref, opts.Host)
 	if err != nil {
 		return err
 	}
@@ -80,7 +92,7 @@ func runExport(ctx context.Context, g *globalOptions, opts exportOptions, ref st
 		return fmt.Errorf("export: %w", err)
 	}
 	bar.Stop()
-	g.logger().Info("exported", "id", m.ID, "component", opts.Component, "out", opts.Out)
+	g.logger().Info("exported", "id", m.ID, "host", m.Host, "component", opts.Component, "out", opts.Out)
 	return nil
 }
 

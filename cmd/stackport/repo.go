@@ -51,23 +51,3 @@ func snapshotRef(args []string) string {
 	}
 	return args[0]
 }
-
-// loadSnapshot reads the identities of the decryption flags, opens the
-// repository and reads the manifest ref names. The read options carry the
-// identities; callers add progress.
-func loadSnapshot(ctx context.Context, g *globalOptions, crypto cryptoOptions, ref string) (*storage.Repo, *snapshot.Manifest, snapshot.ReadOptions, error) {
-	ids, err := crypto.identities()
-	if err != nil {
-		return nil, nil, snapshot.ReadOptions{}, err
-	}
-	repo, err := openRepo(ctx, g, false)
-	if err != nil {
-		return nil, nil, snapshot.ReadOptions{}, err
-	}
-	m, err := snapshot.Load(ctx, repo, ref)
-	if err != nil {
-		repo.Close()
-		return nil, nil, snapshot.ReadOptions{}, err
-	}
-	return repo, m, snapshot.ReadOptions{Identities: ids}, nil
-}

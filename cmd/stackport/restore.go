@@ -22,6 +22,8 @@ import (
 )
 
 type restoreOptions struct {
+	// Host chooses whose newest snapshot "latest" is (restore only).
+	Host     string
 	VolumeTo string
 	Force    bool
 	Chown    string
@@ -62,6 +64,12 @@ func newRestoreCommand(g *globalOptions) *cobra.Command {
 		Long: `Restore a snapshot (the newest when no ID is given) into the targets named by
 the --*-to flags.
 
+latest is the newest snapshot of --host; without --host, of this host (its
+host name, as snapshot records it) when the repository holds snapshots of
+several hosts, or of the only host there is. The host chosen is logged; when
+the repository holds no snapshot of it, the error lists the hosts it has. An
+empty ID ("$ID" unset) is refused, never taken as latest.
+
 The volume is unpacked into a staging folder inside the target and moved into
 place only after every byte was read and every checksum matched: a damaged
 snapshot or an interruption leaves the target exactly as it was. A target that
@@ -82,6 +90,8 @@ which a run with --postgres-clean replaces. --postgres-parallel 1, and every
 target exactly as it was (with --postgres-clean: the data it was to replace
 stays).`,
 		Example: `  stackport restore latest --volume-to /appsmith-stacks
+  # the newest snapshot of another host (say, onto a new machine)
+  stackport restore latest --host appsmith-0 --volume-to /appsmith-stacks
   stackport restore 20261125T210000Z-3f9a1c --volume-to /mnt/filestore/stacks --chown 1000:1000 --force
   # MongoDB into Atlas, appsmith.* as appsmith_prod.*
   stackport restore latest --mongo-to 'mongodb+srv://user:pass@cluster0.example.mongodb.net/' \
@@ -97,6 +107,7 @@ stays).`,
 		},
 	}
 	f := cmd.Flags()
+	f.StringVar(&opts.Host, "host", "", "latest is the newest snapshot of this host (default: this host's, or the only host's); an ID must be of it")
 	opts.Crypto.addDecryptFlags(f)
 	opts.addTargetFlags(f, false)
 	opts.Profile.addFlags(f, "the Appsmith stack folder to restore the volume into (with --profile appsmith; instead of --volume-to)")
@@ -159,6 +170,9 @@ func (opts restoreOptions) restorers(log *slog.Logger) ([]part[snapshot.Restorer
 
 func runRestore(ctx context.Context, g *globalOptions, opts restoreOptions, ref string) error {
 	log := g.logger()
+	if err := checkSnapshotRef("restore", ref); err != nil {
+		return err
+	}
 	opts.PostgresLoaders = opts.PostgresParallel
 	if err := opts.Profile.applyRestoreProfile(&opts); err != nil {
 		return err
@@ -167,7 +181,7 @@ func runRestore(ctx context.Context, g *globalOptions, opts restoreOptions, ref 
 	if err != nil {
 		return err
 	}
-	repo, m, ropts, err := loadSnapshot(ctx, g, opts.Crypto, ref)
+	repo, m, ropts, err := loadSnapshotOf(ctx, g, "restore", opts.Crypto, ref, opts.Host)
 	if err != nil {
 		return err
 	}
@@ -187,7 +201,7 @@ func runRestore(ctx context.Context, g *globalOptions, opts restoreOptions, ref 
 			log.Warn("component not restored: no target given for it", "component", c.Kind)
 		}
 	}
-	log.Info("restore started", "id", m.ID)
+	log.Info("restore started", "id", m.ID, "host", m.Host)
 	bar := startProgress(g, "restore", total)
 	defer bar.Stop()
 	ropts.Progress = bar.Add

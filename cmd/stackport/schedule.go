@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -14,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/robfig/cron/v3"
 	"github.com/spf13/cobra"
+
+	"github.com/stackport/stackport/snapshot"
 )
 
 type scheduleOptions struct {
@@ -36,7 +40,14 @@ func newScheduleCommand(g *globalOptions) *cobra.Command {
 		Short: "Take snapshots (and prune) on a schedule, in the foreground",
 		Long: `Run in the foreground and, at every time the cron expression names, take a
 snapshot with the snapshot flags, then prune with the --keep flags (if any;
---tag both tags the snapshots and limits pruning to them).
+--tag and --host both label the snapshots and limit pruning to them: a
+scheduler prunes only the snapshots of its own host, --group-by as in prune).
+
+Every flag is checked at start, before the first run: the cron expression
+(one that never fires, such as "0 0 30 2 *", or an @every interval that is
+not positive is refused), compression, tags, sources, encryption keys, the
+retention flags (as prune checks them: -1 keeps all, other negative values
+are refused) and that the repository can be reached.
 
 Runs never overlap: a run that outlasts the interval delays the next one. A
 failed snapshot is retried with exponential backoff (--retries). SIGTERM or
@@ -52,7 +63,8 @@ optional leading seconds field, or a descriptor such as @daily or @every 6h;
 times are in the local time zone (TZ).`,
 		Example: `  stackport schedule --cron "0 3 * * *" --jitter 10m --repo s3://backups?region=eu-west-1 \
     --volume /appsmith-stacks --exclude logs --passphrase-file /etc/stackport/pass \
-    --keep-daily 7 --keep-weekly 4 --keep-monthly 6 --metrics-addr :9090`,
+    --keep-daily 7 --keep-weekly 4 --keep-monthly 6 --metrics-addr :9090
+  stackport schedule --cron "@every 6h" --volume /appsmith-stacks --keep-last 8 --keep-daily -1`,
 		Args: wrapArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runSchedule(cmd.Context(), g, opts)
@@ -102,21 +114,119 @@ func newScheduleMetrics() *scheduleMetrics {
 	return m
 }
 
-func runSchedule(ctx context.Context, g *globalOptions, opts scheduleOptions) error {
-	log := g.logger()
-	if opts.Cron == "" {
-		return usageErrorf("schedule: give --cron EXPRESSION")
+// cronParser reads --cron: five fields, an optional leading seconds field,
+// or a descriptor (@daily, @every 6h).
+var cronParser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+// parseCron parses a cron expression and refuses those that would make
+// schedule run in a tight loop: one that never fires (robfig/cron's Next
+// then returns the zero time, which is always due) and an @every interval
+// that is not positive or shorter than a second (robfig/cron runs those
+// every second).
+func parseCron(expr string, now time.Time) (cron.Schedule, error) {
+	if strings.TrimSpace(expr) == "" {
+		return nil, usageErrorf("schedule: give --cron EXPRESSION")
 	}
-	sched, err := cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor).Parse(opts.Cron)
+	spec := strings.TrimSpace(expr)
+	if strings.HasPrefix(spec, "TZ=") || strings.HasPrefix(spec, "CRON_TZ=") {
+		zone, rest, ok := strings.Cut(spec, " ")
+		if !ok || strings.TrimSpace(rest) == "" {
+			return nil, usageErrorf("schedule: --cron %q: %s is a time zone without a schedule", expr, zone)
+		}
+		spec = strings.TrimSpace(rest)
+	}
+	if d, ok := strings.CutPrefix(spec, "@every "); ok {
+		if iv, err := time.ParseDuration(strings.TrimSpace(d)); err == nil && iv < time.Second {
+			return nil, usageErrorf("schedule: --cron %q: the interval must be at least one second (it would run in a tight loop)", expr)
+		}
+	}
+	sched, err := cronParser.Parse(expr)
 	if err != nil {
-		return usageErrorf("schedule: --cron %q: %v", opts.Cron, err)
+		return nil, usageErrorf("schedule: --cron %q: %v", expr, err)
 	}
-	// Check the flags once, before waiting for the first run.
-	if _, err := opts.Snapshot.dumpers(log); err != nil {
+	if sched.Next(now).IsZero() {
+		return nil, usageErrorf("schedule: --cron %q never fires (no such date in the next five years)", expr)
+	}
+	return sched, nil
+}
+
+// checkSnapshotFlags makes the checks of the snapshot flags that
+// takeSnapshot makes before it writes anything, with the same functions:
+// compression and level, tags, sources, encryption keys. schedule calls it at
+// start, so a mistake is refused at once rather than at the first run,
+// hours later.
+func checkSnapshotFlags(opts snapshotOptions, log *slog.Logger) error {
+	comp, err := snapshot.ParseCompression(opts.Compression)
+	if err != nil {
+		return usageError{fmt.Errorf("schedule: %w", err)}
+	}
+	if err := comp.CheckLevel(opts.Level); err != nil {
+		return usageError{fmt.Errorf("schedule: %w", err)}
+	}
+	if _, err := parseTags(opts.Tags); err != nil {
 		return err
 	}
-	doPrune := opts.Prune.Within != "" || !opts.Prune.Policy.Empty()
+	if _, err := opts.dumpers(log); err != nil {
+		return err
+	}
+	if _, err := opts.Crypto.recipients(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// check validates every flag of schedule before the first run: the cron
+// expression and the run flags, the snapshot flags, the retention flags (as
+// prune checks them; doPrune reports whether any is given), and, last, that
+// the repository can be reached (opened as a snapshot opens it).
+func (opts *scheduleOptions) check(ctx context.Context, g *globalOptions) (sched cron.Schedule, doPrune bool, err error) {
+	log := g.logger()
+	if sched, err = parseCron(opts.Cron, time.Now()); err != nil {
+		return nil, false, err
+	}
+	switch {
+	case opts.Jitter < 0:
+		return nil, false, usageErrorf("schedule: --jitter %s: negative", opts.Jitter)
+	case opts.Retries < 0:
+		return nil, false, usageErrorf("schedule: --retries %d: negative", opts.Retries)
+	case opts.RetryBackoff < 0:
+		return nil, false, usageErrorf("schedule: --retry-backoff %s: negative", opts.RetryBackoff)
+	case opts.MetricsAddr != "" && opts.HealthMaxAge <= 0:
+		return nil, false, usageErrorf("schedule: --healthz-max-age %s: must be positive", opts.HealthMaxAge)
+	}
+	if err := checkSnapshotFlags(opts.Snapshot, log); err != nil {
+		return nil, false, err
+	}
+	// The scheduler prunes what it takes: the snapshots of its host with
+	// its tags.
+	host := opts.Snapshot.Host
+	if host == "" {
+		host = localHost()
+	}
 	opts.Prune.Tags = opts.Snapshot.Tags
+	opts.Prune.Hosts = []string{host}
+	doPrune = opts.Prune.Within != "" || !opts.Prune.Policy.Empty()
+	if doPrune {
+		if _, err := opts.Prune.check("schedule"); err != nil {
+			return nil, false, err
+		}
+	}
+	repo, err := openRepo(ctx, g, true)
+	if err != nil {
+		return nil, false, fmt.Errorf("schedule: %w", err)
+	}
+	repo.Close()
+	return sched, doPrune, nil
+}
+
+func runSchedule(ctx context.Context, g *globalOptions, opts scheduleOptions) error {
+	log := g.logger()
+	// Check every flag once, before waiting for the first run.
+	sched, doPrune, err := opts.check(ctx, g)
+	if err != nil {
+		return err
+	}
+	log.Info("schedule checked", "cron", opts.Cron, "prune", doPrune, "host", hostLabel(opts.Prune.Hosts[0]))
 
 	metrics := newScheduleMetrics()
 	started := time.Now()
@@ -149,6 +259,9 @@ func runSchedule(ctx context.Context, g *globalOptions, opts scheduleOptions) er
 
 	for {
 		next := sched.Next(time.Now())
+		if next.IsZero() { // checked at start; never due at once
+			return fmt.Errorf("schedule: --cron %q fires no more", opts.Cron)
+		}
 		if opts.Jitter > 0 {
 			next = next.Add(rand.N(opts.Jitter))
 		}

@@ -13,6 +13,8 @@ import (
 )
 
 type verifyOptions struct {
+	// Host chooses whose newest snapshot "latest" is.
+	Host           string
 	Crypto         cryptoOptions
 	AgainstRedis   string
 	RedisTLSCAFile string
@@ -41,9 +43,15 @@ count and an order-independent digest of the raw documents; for Redis per
 database the key count and, per key, type, value (DUMP payload) and TTL; for
 PostgreSQL per table the row count and an order-independent row digest.
 
+latest is the newest snapshot of --host; without --host, of this host when
+the repository holds snapshots of several hosts, or of the only host there
+is (the host chosen is printed). An empty ID ("$ID" unset) is refused, never
+taken as latest.
+
 Exits 0 when the snapshot is intact (and matches the target) and 3 when data
 is corrupt or missing or the target differs, naming what is wrong.`,
 		Example: `  stackport verify latest
+  stackport verify latest --host appsmith-0
   stackport verify 20261125T210000Z-3f9a1c --json
   stackport verify latest --against-redis 'rediss://:AUTH@10.0.0.3:6378' --redis-tls-ca-file server-ca.pem`,
 		Args: wrapArgs(cobra.MaximumNArgs(1)),
@@ -52,6 +60,7 @@ is corrupt or missing or the target differs, naming what is wrong.`,
 		},
 	}
 	f := cmd.Flags()
+	f.StringVar(&opts.Host, "host", "", "latest is the newest snapshot of this host (default: this host's, or the only host's); an ID must be of it")
 	opts.Crypto.addDecryptFlags(f)
 	f.StringVar(&opts.AgainstRedis, "against-redis", "", "also compare the redis component with this restored Redis")
 	f.StringVar(&opts.RedisTLSCAFile, "redis-tls-ca-file", "", "PEM file of the CA of that Redis")
@@ -93,6 +102,7 @@ func (c postgresChecker) Restore(ctx context.Context, in snapshot.StreamReader) 
 
 type verifyResult struct {
 	ID      string `json:"id"`
+	Host    string `json:"host"`
 	OK      bool   `json:"ok"`
 	Objects int    `json:"objects"`
 	Bytes   int64  `json:"stored_bytes"`
@@ -100,6 +110,9 @@ type verifyResult struct {
 }
 
 func runVerify(ctx context.Context, g *globalOptions, opts verifyOptions, ref string) error {
+	if err := checkSnapshotRef("verify", ref); err != nil {
+		return err
+	}
 	decode := decoder
 	if opts.AgainstRedis != "" {
 		dbMap, err := parseDBMap(opts.RedisDBMap)
@@ -116,7 +129,7 @@ func runVerify(ctx context.Context, g *globalOptions, opts verifyOptions, ref st
 	if opts.AgainstPostgres != "" {
 		decode = against(decode, "postgres", postgresChecker{url: opts.AgainstPostgres})
 	}
-	repo, m, ropts, err := loadSnapshot(ctx, g, opts.Crypto, ref)
+	repo, m, ropts, err := loadSnapshotOf(ctx, g, "verify", opts.Crypto, ref, opts.Host)
 	if err != nil {
 		return err
 	}
@@ -125,7 +138,7 @@ func runVerify(ctx context.Context, g *globalOptions, opts verifyOptions, ref st
 	ropts.Progress = bar.Add
 	err = snapshot.Verify(ctx, repo, m, decode, ropts)
 	bar.Stop()
-	res := verifyResult{ID: m.ID, OK: err == nil, Bytes: m.StoredSize()}
+	res := verifyResult{ID: m.ID, Host: m.Host, OK: err == nil, Bytes: m.StoredSize()}
 	for _, c := range m.Components {
 		res.Objects += len(c.Objects)
 	}
@@ -137,7 +150,7 @@ func runVerify(ctx context.Context, g *globalOptions, opts verifyOptions, ref st
 			return perr
 		}
 	} else if err == nil {
-		fmt.Fprintf(g.stdout, "snapshot %s is intact: %d objects, %s checked\n", m.ID, res.Objects, snapshot.HumanBytes(res.Bytes))
+		fmt.Fprintf(g.stdout, "snapshot %s (host %s) is intact: %d objects, %s checked\n", m.ID, hostLabel(m.Host), res.Objects, snapshot.HumanBytes(res.Bytes))
 	}
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)

@@ -78,7 +78,7 @@ func TestChart(t *testing.T) {
 		pod := cj.Spec.JobTemplate.Spec.Template.Spec
 		c := pod.Containers[0]
 		script := strings.Join(c.Args, " ")
-		for _, want := range []string{"stackport snapshot --volume /appsmith-stacks", `--exclude "logs"`, `--tag "env=prod"`, "--encrypt-to", "stackport prune", "--keep-daily 7"} {
+		for _, want := range []string{"stackport snapshot --volume /appsmith-stacks --host \"rel\"", `--exclude "logs"`, `--tag "env=prod"`, "--encrypt-to", "stackport prune --host \"rel\"", "--keep-daily 7"} {
 			if !strings.Contains(script, want) {
 				t.Errorf("backup command lacks %q: %s", want, script)
 			}
@@ -96,7 +96,7 @@ func TestChart(t *testing.T) {
 			t.Fatalf("%d cronjobs, %d jobs", len(cjs), len(jobs))
 		}
 		args := strings.Join(jobs[0].Spec.Template.Spec.Containers[0].Args, " ")
-		if args != "restore 20261125T210000Z-3f9a1c --volume-to=/restore --chown=1000:1000 --force" {
+		if args != "restore 20261125T210000Z-3f9a1c --host=rel --volume-to=/restore --chown=1000:1000 --force" {
 			t.Fatalf("restore args: %s", args)
 		}
 	})
