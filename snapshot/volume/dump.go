@@ -13,6 +13,7 @@ import (
 	"os/user"
 	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,6 +23,14 @@ import (
 )
 
 // Dumper writes a directory tree as the stream "volume.tar".
+//
+// It walks the tree through open directory handles (see walk.go): symbolic
+// links are archived as links and never followed, so nothing outside Dir is
+// read, whatever is renamed or replaced during the walk. An entry replaced
+// by another type between being listed and opened (a directory by a
+// symbolic link or a file, say) is archived as what it has become, counted
+// as "changed", with a warning. It holds one open directory per level of
+// depth.
 type Dumper struct {
 	Dir string // the volume root
 	// Exclude holds filepath.Match patterns, matched against the
@@ -33,6 +42,11 @@ type Dumper struct {
 	SkipUnreadable bool
 	Log            *slog.Logger  // warnings (nil = slog.Default())
 	Progress       func(n int64) // optional: called with byte counts of file content as it is read
+
+	// beforeOpen, a test seam, is called with the archive name of a
+	// directory or regular file listed by the walk just before it is
+	// opened.
+	beforeOpen func(rel string)
 }
 
 // fileID identifies an inode, to find hard links.
@@ -49,6 +63,11 @@ func (d *Dumper) Dump(ctx context.Context, out snapshot.StreamWriter) (snapshot.
 	if err != nil {
 		return stats, err
 	}
+	dir, err := d.openRoot(root)
+	if err != nil {
+		return stats, err
+	}
+	defer dir.Close()
 	w, err := out.Create(streamName)
 	if err != nil {
 		return stats, fmt.Errorf("volume: create %s: %w", streamName, err)
@@ -65,7 +84,7 @@ func (d *Dumper) Dump(ctx context.Context, out snapshot.StreamWriter) (snapshot.
 		names: &idNames{users: map[uint32]string{}, groups: map[uint32]string{}},
 		buf:   make([]byte, copyBufSize),
 	}
-	if err := filepath.WalkDir(root, wk.visit); err != nil {
+	if err := wk.walkRoot(dir); err != nil {
 		return stats, err
 	}
 	if err := wk.tw.Close(); err != nil {
@@ -87,39 +106,70 @@ func (d *Dumper) Size(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	var total int64
-	seen := make(map[fileID]bool)
-	err = filepath.WalkDir(root, func(p string, de fs.DirEntry, err error) error {
-		if cerr := ctx.Err(); cerr != nil {
-			return fmt.Errorf("volume: %w", cerr)
+	dir, err := d.openRoot(root)
+	if err != nil {
+		return 0, err
+	}
+	defer dir.Close()
+	s := &sizer{d: d, ctx: ctx, root: root, seen: make(map[fileID]bool)}
+	if err := s.dir(dir, ""); err != nil {
+		return 0, err
+	}
+	return s.total, nil
+}
+
+// sizer holds the state of one Size.
+type sizer struct {
+	d     *Dumper
+	ctx   context.Context
+	root  string
+	seen  map[fileID]bool
+	total int64
+}
+
+// dir adds the sizes of the files under the directory open as dir, with
+// archive name rel.
+func (s *sizer) dir(dir *os.File, rel string) error {
+	names, err := dir.Readdirnames(-1)
+	if err != nil && rel == "" {
+		return fmt.Errorf("volume: %w", err)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		if err := s.ctx.Err(); err != nil {
+			return fmt.Errorf("volume: %w", err)
 		}
+		crel, p := childPath(s.root, rel, name)
+		if s.d.Excluded(crel) {
+			continue
+		}
+		info, err := lstatAt(dir, name, p)
 		if err != nil {
-			if p == root {
-				return fmt.Errorf("volume: %w", err)
+			continue
+		}
+		switch mode := info.Mode(); {
+		case mode.IsDir():
+			sub, err := openDirAt(dir, name, p)
+			if err != nil {
+				continue
 			}
-			return skipDir(de)
-		}
-		if rel := relPath(root, p); rel != "." && d.Excluded(rel) {
-			return skipDir(de)
-		}
-		if !de.Type().IsRegular() {
-			return nil
-		}
-		info, err := de.Info()
-		if err != nil {
-			return nil
-		}
-		if st, ok := info.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 {
-			id := fileID{uint64(st.Dev), st.Ino}
-			if seen[id] {
-				return nil
+			err = s.dir(sub, crel)
+			sub.Close()
+			if err != nil {
+				return err
 			}
-			seen[id] = true
+		case mode.IsRegular():
+			if st := info.Sys().(*syscall.Stat_t); st.Nlink > 1 {
+				id := fileID{uint64(st.Dev), st.Ino}
+				if s.seen[id] {
+					continue
+				}
+				s.seen[id] = true
+			}
+			s.total += info.Size()
 		}
-		total += info.Size()
-		return nil
-	})
-	return total, err
+	}
+	return nil
 }
 
 // root checks the exclude patterns and returns Dir with symbolic links
@@ -135,6 +185,18 @@ func (d *Dumper) root() (string, error) {
 		return "", fmt.Errorf("volume: %w", err)
 	}
 	return root, nil
+}
+
+// openRoot opens the volume root, the resolved Dir.
+func (d *Dumper) openRoot(root string) (*os.File, error) {
+	f, err := openRootDir(root)
+	if errors.Is(err, syscall.ENOTDIR) {
+		return nil, fmt.Errorf("volume: %s is not a directory", d.Dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("volume: %w", err)
+	}
+	return f, nil
 }
 
 // Excluded reports whether the entry at rel (slash-separated, relative to
@@ -162,27 +224,12 @@ func isReserved(rel string) bool {
 	return !strings.Contains(rel, "/") && strings.HasPrefix(rel, reservedPrefix)
 }
 
-func relPath(root, p string) string {
-	rel, err := filepath.Rel(root, p)
-	if err != nil {
-		return p
-	}
-	return filepath.ToSlash(rel)
-}
-
-func skipDir(de fs.DirEntry) error {
-	if de != nil && de.IsDir() {
-		return fs.SkipDir
-	}
-	return nil
-}
-
 // walker holds the state of one Dump.
 type walker struct {
 	d     *Dumper
 	ctx   context.Context
 	log   *slog.Logger
-	root  string
+	root  string // the resolved Dir, for messages only
 	tw    *tar.Writer
 	stats snapshot.Stats
 	links map[fileID]string // first archived path of each inode with several links
@@ -190,42 +237,123 @@ type walker struct {
 	buf   []byte
 }
 
-func (wk *walker) visit(p string, de fs.DirEntry, err error) error {
-	if cerr := wk.ctx.Err(); cerr != nil {
-		return fmt.Errorf("volume: %w", cerr)
-	}
-	rel := relPath(wk.root, p)
+// walkRoot archives the root, open as dir, and everything under it.
+func (wk *walker) walkRoot(dir *os.File) error {
+	info, err := dir.Stat()
 	if err != nil {
-		if rel == "." {
+		return fmt.Errorf("volume: %w", err)
+	}
+	if err := wk.write(info, "./", "", "dirs"); err != nil {
+		return err
+	}
+	return wk.walkDir(dir, "", wk.root)
+}
+
+// walkDir archives the entries of the directory open as dir, with archive
+// name rel ("" for the root) and path p, in the order of filepath.WalkDir.
+func (wk *walker) walkDir(dir *os.File, rel, p string) error {
+	names, err := dir.Readdirnames(-1)
+	if err != nil {
+		if rel == "" {
 			return fmt.Errorf("volume: %w", err)
 		}
-		return wk.skip(p, de, err)
+		// The directory's entry is archived, without its content.
+		return wk.skip(p, err)
 	}
-	if rel != "." && wk.d.Excluded(rel) {
-		if isReserved(rel) {
+	slices.Sort(names)
+	for _, name := range names {
+		if err := wk.ctx.Err(); err != nil {
+			return fmt.Errorf("volume: %w", err)
+		}
+		if err := wk.entry(dir, rel, name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// entry archives entry name of dir, the directory with archive name rel. An
+// entry replaced by another type between fstatat and open is archived as
+// what it has become; replaced again, it is left out.
+func (wk *walker) entry(dir *os.File, rel, name string) error {
+	crel, p := childPath(wk.root, rel, name)
+	if wk.d.Excluded(crel) {
+		if isReserved(crel) {
 			wk.log.Warn("volume: skipping leftover restore directory", "path", p)
 		}
 		wk.stats.Add("excluded", 1)
-		return skipDir(de)
+		return nil
 	}
-	info, err := de.Info()
-	if err != nil {
-		return wk.skip(p, de, err)
+	for attempt := 0; ; attempt++ {
+		info, err := lstatAt(dir, name, p)
+		if err != nil {
+			return wk.skip(p, err)
+		}
+		err = wk.archive(dir, name, crel, p, info)
+		if !errors.Is(err, errReplaced) {
+			return err
+		}
+		if attempt > 0 {
+			wk.log.Warn("volume: entry replaced again during snapshot: left out", "path", p)
+			return nil
+		}
+		wk.log.Warn("volume: entry replaced during snapshot: archived as what it has become", "path", p, "was", typeName(info.Mode()))
+		wk.stats.Add("changed", 1)
 	}
+}
+
+// typeName names the type of an entry in warnings.
+func typeName(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "directory"
+	case m.IsRegular():
+		return "file"
+	case m&fs.ModeSymlink != 0:
+		return "symbolic link"
+	default:
+		return "special file"
+	}
+}
+
+// archive archives entry name of dir, with archive name rel and path p, of
+// which fstatat returned info. It returns errReplaced if the entry is no
+// longer of info's type.
+func (wk *walker) archive(dir *os.File, name, rel, p string, info fs.FileInfo) error {
 	mode := info.Mode()
 	switch {
-	case rel == "." && !mode.IsDir():
-		return fmt.Errorf("volume: %s is not a directory", wk.d.Dir)
-	case rel == ".":
-		return wk.write(info, "./", "", "dirs")
 	case mode.IsDir():
-		return wk.write(info, rel+"/", "", "dirs")
-	case mode.IsRegular():
-		return wk.file(p, rel, info)
-	case mode&fs.ModeSymlink != 0:
-		target, err := os.Readlink(p)
+		if wk.d.beforeOpen != nil {
+			wk.d.beforeOpen(rel)
+		}
+		sub, err := openDirAt(dir, name, p)
+		if errors.Is(err, errReplaced) {
+			return err
+		}
 		if err != nil {
-			return wk.skip(p, de, err)
+			if serr := wk.skip(p, err); serr != nil || !errors.Is(err, fs.ErrPermission) {
+				return serr
+			}
+			// Unreadable: its entry is archived, without its content.
+			return wk.write(info, rel+"/", "", "dirs")
+		}
+		defer sub.Close()
+		if info, err = sub.Stat(); err != nil {
+			return fmt.Errorf("volume: %w", err)
+		}
+		if err := wk.write(info, rel+"/", "", "dirs"); err != nil {
+			return err
+		}
+		return wk.walkDir(sub, rel, p)
+	case mode.IsRegular():
+		return wk.file(dir, name, rel, p, info)
+	case mode&fs.ModeSymlink != 0:
+		target, err := readlinkAt(dir, name, p)
+		if errors.Is(err, errReplaced) {
+			return err
+		}
+		if err != nil {
+			return wk.skip(p, err)
 		}
 		return wk.write(info, rel, target, "symlinks")
 	default:
@@ -237,7 +365,7 @@ func (wk *walker) visit(p string, de fs.DirEntry, err error) error {
 
 // skip handles err about the entry at p: a vanished entry, or an unreadable
 // one with SkipUnreadable, is a warning; anything else fails the dump.
-func (wk *walker) skip(p string, de fs.DirEntry, err error) error {
+func (wk *walker) skip(p string, err error) error {
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		wk.log.Warn("volume: entry vanished during snapshot", "path", p)
@@ -248,7 +376,7 @@ func (wk *walker) skip(p string, de fs.DirEntry, err error) error {
 	default:
 		return fmt.Errorf("volume: %w", err)
 	}
-	return skipDir(de)
+	return nil
 }
 
 // write writes the header of a directory or symbolic link and counts it.
@@ -275,9 +403,11 @@ func (wk *walker) header(info fs.FileInfo, name, link string) (*tar.Header, erro
 	return hdr, nil
 }
 
-// file archives the regular file at p, or a hard link to the first path of
-// its inode.
-func (wk *walker) file(p, rel string, info fs.FileInfo) error {
+// file archives regular file name of dir, with archive name rel and path
+// p, of which fstatat returned info, or a hard link to the first archived
+// name of its inode. It returns errReplaced if the entry is no longer a
+// regular file.
+func (wk *walker) file(dir *os.File, name, rel, p string, info fs.FileInfo) error {
 	st, _ := info.Sys().(*syscall.Stat_t)
 	if st != nil && st.Nlink > 1 {
 		if first, ok := wk.links[fileID{uint64(st.Dev), st.Ino}]; ok {
@@ -294,23 +424,17 @@ func (wk *walker) file(p, rel string, info fs.FileInfo) error {
 		}
 	}
 
-	// O_NONBLOCK: should the file have been replaced by a FIFO, opening it
-	// must not wait for a writer.
-	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if errors.Is(err, syscall.ELOOP) {
-		err = fs.ErrNotExist // replaced by a symbolic link: the file we listed is gone
+	if wk.d.beforeOpen != nil {
+		wk.d.beforeOpen(rel)
+	}
+	f, before, err := openFileAt(dir, name, p)
+	if errors.Is(err, errReplaced) {
+		return err
 	}
 	if err != nil {
-		return wk.skip(p, nil, err)
+		return wk.skip(p, err)
 	}
 	defer f.Close()
-	before, err := f.Stat()
-	if err != nil {
-		return fmt.Errorf("volume: %w", err)
-	}
-	if !before.Mode().IsRegular() {
-		return wk.skip(p, nil, fs.ErrNotExist)
-	}
 	hdr, err := wk.header(before, rel, "")
 	if err != nil {
 		return err
