@@ -34,7 +34,12 @@ const ttlTolerance = time.Second
 // that its type and value match and that its expiry is within a second
 // of the snapshot's; per
 // target database that it holds as many keys as the snapshot. Keys that
-// have expired are skipped.
+// have expired are skipped, and so are keys that expire while they are
+// compared, by their recorded expiry: a key missing in the target whose
+// expiry passed (within a second) is counted as expired, not as missing,
+// and the key counts allow for keys whose expiry passed before DBSIZE
+// (fewer keys) and for expired keys the target has not reclaimed yet (more
+// keys; with NameExtra, the SCAN reclaims them and DBSIZE is read again).
 //
 // Values are compared as DUMP payloads without the footer (so the RDB
 // versions may differ). Sets and hashes in hashtable encoding, whose
@@ -74,7 +79,8 @@ func (c *Checker) Restore(ctx context.Context, in snapshot.StreamReader) (snapsh
 	if err != nil {
 		return nil, err
 	}
-	k := &checkSink{server: newServer(opt), c: c, log: logger(c.Log), want: map[int]int64{}, seed: maphash.MakeSeed(), ref: c.Reference}
+	k := &checkSink{server: newServer(opt), c: c, log: logger(c.Log), want: map[int]int64{}, seed: maphash.MakeSeed(), ref: c.Reference,
+		expiries: map[int]*expiryCounts{}, expiredIn: map[int]int64{}, dbs: map[int]bool{}}
 	if k.ref == "" {
 		k.ref = "the snapshot"
 	}
@@ -98,13 +104,18 @@ func (c *Checker) Restore(ctx context.Context, in snapshot.StreamReader) (snapsh
 // A checkSink compares decoded records with the target.
 type checkSink struct {
 	*server
-	c     *Checker
-	log   *slog.Logger
-	seed  maphash.Seed
-	want  map[int]int64 // keys per target database
-	tdb   int
-	batch []record
-	size  int
+	c    *Checker
+	log  *slog.Logger
+	seed maphash.Seed
+	want map[int]int64 // keys per target database
+	// expiries of the keys counted in want, and the number of keys of
+	// each target database skipped as expired, per target database
+	expiries  map[int]*expiryCounts
+	expiredIn map[int]int64
+	dbs       map[int]bool // target databases checked to exist
+	tdb       int
+	batch     []record
+	size      int
 
 	matched, diffs, unverified, expired int64
 	first                               string
@@ -112,21 +123,37 @@ type checkSink struct {
 	seen                                map[int]map[uint64]struct{} // NameExtra: hashes of the key names per target database
 }
 
-func (k *checkSink) begin(_ context.Context, fr *frameReader) error {
+func (k *checkSink) begin(ctx context.Context, fr *frameReader) error {
 	k.tdb = mapDB(k.c.DBMap, fr.db)
 	k.want[k.tdb] += 0 // an empty stream still names a database to count
+	if k.expiries[k.tdb] == nil {
+		k.expiries[k.tdb] = &expiryCounts{}
+	}
+	if !k.dbs[k.tdb] {
+		m, err := checkDB(ctx, k.opt, k.tdb)
+		if err != nil {
+			return err
+		}
+		if m != nil {
+			return fmt.Errorf("redis: %s: the target has %s, but %s's database %d goes into its database %d", k.opt.Addr, m.describe(), k.ref, fr.db, k.tdb)
+		}
+		k.dbs[k.tdb] = true
+	}
 	return nil
 }
 
 func (k *checkSink) record(ctx context.Context, fr *frameReader, rec record) error {
+	if k.seen != nil {
+		// Also a key that expired: the target may still hold it.
+		k.saw(k.tdb, rec.key)
+	}
 	if rec.expiry != 0 && rec.expiry <= time.Now().Add(ttlTolerance).UnixMilli() {
 		k.expired++
+		k.expiredIn[k.tdb]++
 		return nil
 	}
 	k.want[k.tdb]++
-	if k.seen != nil {
-		k.saw(k.tdb, rec.key)
-	}
+	k.expiries[k.tdb].add(rec.expiry, 1)
 	k.batch = append(k.batch, rec)
 	k.size += len(rec.payload)
 	if len(k.batch) >= batchKeys || k.size >= batchBytes {
@@ -150,10 +177,20 @@ func (k *checkSink) flush(ctx context.Context, fr *frameReader) error {
 		ttls[i] = pipe.Do(ctx, "PTTL", rec.key)
 	}
 	now := time.Now().UnixMilli() // see Dumper.dumpKeys
-	_, _ = pipe.Exec(ctx)         // errors are checked per command
+	// The commands' own errors are checked below; this is the pipeline's.
+	if err := execPipeline(ctx, pipe); err != nil && len(batch) > 0 {
+		return fmt.Errorf("redis: %s: frames %d to %d: DUMP from %s db %d: %w", fr.stream, batch[0].frame, batch[len(batch)-1].frame, k.opt.Addr, k.tdb, err)
+	}
+	// Keys whose recorded expiry passed by the replies (within the TTL
+	// tolerance) may have expired meanwhile.
+	passed := time.Now().Add(ttlTolerance).UnixMilli()
 	for i, rec := range batch {
 		payload, err := dumps[i].Text()
 		if errors.Is(err, goredis.Nil) {
+			if rec.expiry != 0 && rec.expiry <= passed {
+				k.expiredMeanwhile(rec)
+				continue
+			}
 			k.differ(fr, rec, "missing in the target")
 			continue
 		}
@@ -163,6 +200,10 @@ func (k *checkSink) flush(ctx context.Context, fr *frameReader) error {
 		ttl, err := ttls[i].Int64()
 		if err != nil {
 			return fmt.Errorf("redis: %s: frame %d (key %q): PTTL from %s db %d: %w", fr.stream, rec.frame, rec.key, k.opt.Addr, k.tdb, err)
+		}
+		if ttl == -2 && rec.expiry != 0 && rec.expiry <= passed { // expired between DUMP and PTTL
+			k.expiredMeanwhile(rec)
+			continue
 		}
 		same, why := k.compare(rec.payload, []byte(payload))
 		why = k.reword(why)
@@ -182,6 +223,15 @@ func (k *checkSink) flush(ctx context.Context, fr *frameReader) error {
 		k.matched++
 	}
 	return nil
+}
+
+// expiredMeanwhile counts a key of the current target database that
+// expired while it was compared as expired instead of wanted.
+func (k *checkSink) expiredMeanwhile(rec record) {
+	k.expired++
+	k.want[k.tdb]--
+	k.expiries[k.tdb].add(rec.expiry, -1)
+	k.expiredIn[k.tdb]++
 }
 
 // ttlDiff describes how the target's PTTL reply ttl, read at now, differs
@@ -238,17 +288,22 @@ func (k *checkSink) saw(db int, key string) {
 }
 
 // countKeys compares each target database's key count with the snapshot's.
+// Keys whose recorded expiry passed by DBSIZE (within the TTL tolerance)
+// may be missing; keys skipped as expired may still be counted by DBSIZE
+// (the target reclaims expired keys lazily and over time).
 func (k *checkSink) countKeys(ctx context.Context) error {
 	for _, db := range slices.Sorted(maps.Keys(k.want)) {
 		want := k.want[db]
-		n, err := k.db(db).DBSize(ctx).Result()
+		n, err := k.dbSize(ctx, db)
 		if err != nil {
-			return serverError(k.opt.Addr, fmt.Sprintf("db %d: DBSIZE", db), err)
+			return err
 		}
-		if n == want {
+		low := want - k.expiries[db].by(time.Now().Add(ttlTolerance).UnixMilli())
+		high := want + k.expiredIn[db]
+		if n >= low && n <= high {
 			continue
 		}
-		if n > want && k.seen != nil {
+		if n > high && k.seen != nil {
 			named, err := k.nameExtra(ctx, db, n-want)
 			if err != nil {
 				return err
@@ -256,11 +311,26 @@ func (k *checkSink) countKeys(ctx context.Context) error {
 			if named {
 				continue
 			}
+			// None: keys that expired, which the SCAN reclaimed.
+			if n, err = k.dbSize(ctx, db); err != nil {
+				return err
+			}
+			if n >= low && n <= high {
+				continue
+			}
 		}
 		why := fmt.Sprintf("holds %d keys, %s %d", n, k.ref, want)
 		k.report(db, "", why, fmt.Sprintf("db %d %s", db, why))
 	}
 	return nil
+}
+
+func (k *checkSink) dbSize(ctx context.Context, db int) (int64, error) {
+	n, err := k.db(db).DBSize(ctx).Result()
+	if err != nil {
+		return 0, serverError(k.opt.Addr, fmt.Sprintf("db %d: DBSIZE", db), err)
+	}
+	return n, nil
 }
 
 // nameExtra scans target database db for the keys the streams do not

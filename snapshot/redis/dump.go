@@ -158,7 +158,9 @@ func (b *dumpBatch) sizes(ctx context.Context, keys []string) ([]int64, error) {
 	for i, k := range keys {
 		cmds[i] = pipe.MemoryUsage(ctx, k)
 	}
-	_, _ = pipe.Exec(ctx) // errors are checked per command
+	if err := execPipeline(ctx, pipe); err != nil { // else the commands' own errors tell
+		return nil, serverError(b.c.Options().Addr, fmt.Sprintf("db %d: MEMORY USAGE", b.fw.db), err)
+	}
 	for i, cmd := range cmds {
 		n, err := cmd.Result()
 		switch {
@@ -186,7 +188,9 @@ func (b *dumpBatch) dumpKeys(ctx context.Context, keys []string) error {
 	// expiries err early by at most the time the server takes to reach the
 	// PTTL.
 	now := time.Now().UnixMilli()
-	_, _ = pipe.Exec(ctx) // errors are checked per command
+	if err := execPipeline(ctx, pipe); err != nil { // else the commands' own errors tell
+		return serverError(b.c.Options().Addr, fmt.Sprintf("db %d: DUMP", b.fw.db), err)
+	}
 	for i, k := range keys {
 		payload, err := dumps[i].Text()
 		if errors.Is(err, goredis.Nil) {

@@ -11,10 +11,10 @@
 //
 // The Restorer, Verifier, Checker and Export read those streams. On the
 // target the Restorer sends only HELLO (or AUTH), SELECT, INFO, EXISTS,
-// RESTORE and, when asked to, FLUSHDB; the Checker HELLO, SELECT, DUMP,
-// PTTL and DBSIZE: none of the commands Memorystore blocks (CONFIG,
-// SAVE, CLIENT, …). The client sends no CLIENT SETINFO on connect and
-// speaks RESP2.
+// RESTORE, DBSIZE and, when asked to, FLUSHDB; the Checker HELLO, SELECT,
+// DUMP, PTTL, DBSIZE and SCAN: none of the commands Memorystore blocks
+// (CONFIG, SAVE, CLIENT, …). The client sends no CLIENT SETINFO on connect
+// and speaks RESP2.
 package redis
 
 import (
@@ -190,6 +190,146 @@ func infoField(info, field string) string {
 	return ""
 }
 
+// infoInt returns the number of field in the text of an INFO reply.
+func infoInt(info, field string) (int64, bool) {
+	n, err := strconv.ParseInt(infoField(info, field), 10, 64)
+	return n, err == nil
+}
+
+// execPipeline sends the commands queued in pipe. The caller checks each
+// command's own error; execPipeline returns the error of the pipeline as a
+// whole when no command carries it. go-redis leaves every command's error
+// nil when the connection could not be set up because the server answered
+// the set-up with an error reply (SELECT of a database it lacks, AUTH):
+// nothing was sent, yet each command looks as if it had succeeded.
+func execPipeline(ctx context.Context, pipe goredis.Pipeliner) error {
+	cmds, err := pipe.Exec(ctx)
+	if err == nil {
+		return nil
+	}
+	for _, cmd := range cmds {
+		if cmd.Err() != nil {
+			return nil // the commands tell
+		}
+	}
+	return err
+}
+
+// A missingDB is a database the server lacks: SELECT db was refused, and
+// the server has databases 0 to have-1 (its databases setting is have).
+type missingDB struct {
+	db, have int
+	refusal  error // the server's reply to SELECT db
+}
+
+// describe says what the server has, e.g. "1 database (databases 1; SELECT
+// 3: ERR DB index is out of range)".
+func (m *missingDB) describe() string {
+	return fmt.Sprintf("%s (databases %d; SELECT %d: %v)", plural(m.have, "database"), m.have, m.db, m.refusal)
+}
+
+// checkDB tells whether the server of opt has database db, by SELECT db on
+// a connection of its own (CONFIG GET databases is blocked on Memorystore,
+// and a SELECT that fails on a pooled connection would fail every command
+// sent on it). When SELECT db is refused it finds how many databases the
+// server has by selecting lower ones (a binary search: at most 16 SELECTs)
+// and returns them as a missingDB.
+func checkDB(ctx context.Context, opt *goredis.Options, db int) (*missingDB, error) {
+	c := client(opt, 0)
+	defer c.Close()
+	conn := c.EphemeralConn() // never back into a pool with a database selected
+	defer conn.Close()
+	// sel returns the server's refusal of SELECT n, or another error.
+	sel := func(n int) (refusal, err error) {
+		err = conn.Select(ctx, n).Err()
+		switch {
+		case err == nil:
+			return nil, nil
+		case isReplyError(err) && n > 0:
+			return err, nil
+		}
+		return nil, serverError(opt.Addr, fmt.Sprintf("SELECT %d", n), err)
+	}
+	refusal, err := sel(db)
+	if refusal == nil || err != nil {
+		return nil, err
+	}
+	// Database 0 always exists: an error here is not about databases.
+	if _, err := sel(0); err != nil {
+		return nil, err
+	}
+	lo, hi := 0, db // lo exists, hi does not
+	for hi-lo > 1 {
+		mid := lo + (hi-lo)/2
+		r, err := sel(mid)
+		if err != nil {
+			return nil, err
+		}
+		if r == nil {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return &missingDB{db: db, have: lo + 1, refusal: refusal}, nil
+}
+
+// plural returns "1 key", "2 keys" and the like.
+func plural(n int, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return strconv.Itoa(n) + " " + word + "s"
+}
+
+// An expiryCounts counts keys by their expiry time, to tell how many may
+// have expired by a given moment. Expiries are counted in buckets of width
+// milliseconds (1 s at first); when there are more than maxExpiryBuckets
+// buckets, the width doubles and neighbours merge, so that memory stays
+// bounded whatever the number of keys. A bucket counts as expired as soon
+// as its start has passed: the count errs on the high side by at most the
+// keys of one bucket.
+type expiryCounts struct {
+	width   int64
+	buckets map[int64]int64 // expiry/width: keys
+}
+
+const maxExpiryBuckets = 1 << 14
+
+// add counts a key that expires at expiry (Unix ms; 0 for none, not
+// counted); n = -1 removes one.
+func (e *expiryCounts) add(expiry, n int64) {
+	if expiry <= 0 {
+		return
+	}
+	if e.buckets == nil {
+		e.width, e.buckets = 1000, map[int64]int64{}
+	}
+	b := expiry / e.width
+	if e.buckets[b] += n; e.buckets[b] == 0 {
+		delete(e.buckets, b)
+	}
+	for len(e.buckets) > maxExpiryBuckets {
+		merged := make(map[int64]int64, len(e.buckets)/2+1)
+		for b, n := range e.buckets {
+			merged[b/2] += n
+		}
+		e.width *= 2
+		e.buckets = merged
+	}
+}
+
+// by returns how many of the keys counted may have expired at t (Unix ms).
+func (e *expiryCounts) by(t int64) int64 {
+	var n int64
+	for b, k := range e.buckets {
+		if b*e.width <= t {
+			n += k
+		}
+	}
+	return n
+}
+
 // info runs INFO section on c.
 func info(ctx context.Context, c *goredis.Client, section string) (string, error) {
 	s, err := c.Info(ctx, section).Result()
@@ -237,6 +377,12 @@ func Keyspace(ctx context.Context, url, caFile string) (map[int]KeyCount, error)
 	}
 	c := client(opt, 0)
 	defer c.Close()
+	return keyCounts(ctx, c)
+}
+
+// keyCounts returns what INFO keyspace says of the databases that hold
+// keys.
+func keyCounts(ctx context.Context, c *goredis.Client) (map[int]KeyCount, error) {
 	text, err := info(ctx, c, "keyspace")
 	if err != nil {
 		return nil, err
@@ -249,7 +395,7 @@ func Keyspace(ctx context.Context, url, caFile string) (map[int]KeyCount, error)
 		}
 		db, err := strconv.Atoi(name[2:])
 		if err != nil || db < 0 || db > maxDB {
-			return nil, fmt.Errorf("redis: %s: unexpected INFO keyspace line %q", opt.Addr, line)
+			return nil, fmt.Errorf("redis: %s: unexpected INFO keyspace line %q", c.Options().Addr, line)
 		}
 		var kc KeyCount
 		for f := range strings.SplitSeq(fields, ",") {

@@ -90,7 +90,7 @@ func TestRoundTripMemorystore(t *testing.T) {
 	if rstats["restored"] != int64(total) || rstats["skipped_expired"] != 0 || rstats["keys"] != int64(total) {
 		t.Errorf("restore stats %v", rstats)
 	}
-	checkCommands(t, quietClient(t, target, ca, 0), errorsBefore)
+	checkCommands(t, quietClient(t, target, ca, 0), errorsBefore, "dbsize")
 
 	// The Checker finds no difference, then each one made.
 	errorsBefore = errorStats(t, quietClient(t, target, ca, 0))
