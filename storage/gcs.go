@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"net/http"
 	"net/url"
 	"os"
 	"strconv"
@@ -46,7 +47,7 @@ func (gcsOpener) OpenBucketURL(ctx context.Context, u *url.URL) (*blob.Bucket, e
 		os.Getenv("STORAGE_EMULATOR_HOST") != "" || os.Getenv("STORAGE_EMULATOR_HOST_GRPC") != ""
 	var o gcsblob.URLOpener
 	if anon {
-		o.Client = gcp.NewAnonymousHTTPClient(gcp.DefaultTransport())
+		o.Client = gcp.NewAnonymousHTTPClient(idleTransport())
 	} else {
 		creds, err := gcp.DefaultCredentials(ctx)
 		if err != nil {
@@ -56,7 +57,7 @@ func (gcsOpener) OpenBucketURL(ctx context.Context, u *url.URL) (*blob.Bucket, e
 			o.Options.ClientOptions = append(o.Options.ClientOptions, option.WithUniverseDomain(ud))
 		}
 		o.TokenSource = gcp.CredentialsTokenSource(creds)
-		if o.Client, err = gcp.NewHTTPClient(gcp.DefaultTransport(), o.TokenSource); err != nil {
+		if o.Client, err = gcp.NewHTTPClient(idleTransport(), o.TokenSource); err != nil {
 			return nil, err
 		}
 	}
@@ -78,9 +79,18 @@ func (gcsOpener) OpenBucketURL(ctx context.Context, u *url.URL) (*blob.Bucket, e
 // with a retryable error (with its default backoff: 1 s, then 2 s).
 const gcsAttempts = 3
 
-// openBucket opens the bucket of a repository URL: gs:// with gcsOpener,
-// other schemes with gocloud's default URL mux.
+// idleTransport is a clone of http.DefaultTransport whose connections
+// have the idle timeout.
+func idleTransport() *http.Transport {
+	return withIdleTimeout(http.DefaultTransport.(*http.Transport).Clone())
+}
+
+// openBucket opens the bucket of a repository URL: s3:// with openS3,
+// gs:// with gcsOpener, other schemes with gocloud's default URL mux.
 func openBucket(ctx context.Context, u *url.URL) (*blob.Bucket, error) {
+	if u.Scheme == "s3" {
+		return s3Mux.OpenBucketURL(ctx, u)
+	}
 	if u.Scheme == gcsblob.Scheme {
 		b, err := gsMux.OpenBucketURL(ctx, u)
 		var nc errNoGoogleCredentials

@@ -209,6 +209,14 @@ func (rd *reader) Read(p []byte) (int, error) {
 		if err == nil || err == io.EOF {
 			if err == io.EOF {
 				rd.err = io.EOF
+				if n > 0 {
+					// The bytes now, io.EOF on the next call, as
+					// file:// does: a caller that stops at the
+					// data it needs (age's header parser) then
+					// never sees an io.EOF it could take for a
+					// failure.
+					return n, nil
+				}
 			}
 			return n, err
 		}
@@ -252,6 +260,13 @@ func (rd *reader) Close() error {
 // Nothing is retryable once ctx ended.
 func retryable(ctx context.Context, err error) bool {
 	if ctx.Err() != nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	// A stalled connection: the SDK already tried the request again on
+	// new connections where it could, each attempt waiting idleTimeout;
+	// more attempts would multiply that wait.
+	var stall *StalledError
+	if errors.As(err, &stall) {
 		return false
 	}
 	switch gcerrors.Code(err) {

@@ -49,6 +49,9 @@ type Repo struct {
 	// abortByReader: an upload is aborted by failing its reader, with its
 	// context still alive (s3://; see NewWriter).
 	abortByReader bool
+	// s3Bucket and prefix are the bucket and the prefix= of an s3://
+	// repository (for its multipart uploads, see StaleUploads).
+	s3Bucket, prefix string
 }
 
 // Options control Open.
@@ -95,7 +98,10 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Repo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage: repository %s: %s", name, oneLine(err))
 	}
-	r := &Repo{bucket: b, name: name, abortByReader: u.Scheme == "s3"}
+	r := &Repo{bucket: b, name: name, abortByReader: u.Scheme == "s3", prefix: u.Query().Get("prefix")}
+	if u.Scheme == "s3" {
+		r.s3Bucket = u.Host
+	}
 	if u.Scheme == "file" {
 		r.dir = filepath.Join(u.Path, filepath.FromSlash(u.Query().Get("prefix")))
 	}
@@ -344,6 +350,10 @@ func (r *Repo) wrap(key string, err error) error {
 	where := "repository " + r.name
 	if key != "" {
 		where += ": " + key
+	}
+	var stall *StalledError
+	if errors.As(err, &stall) {
+		return fmt.Errorf("storage: %s: %w", where, stall)
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("storage: %s: no answer in time (is the endpoint reachable?): %s", where, oneLine(err))

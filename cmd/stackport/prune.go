@@ -372,6 +372,22 @@ func prune(ctx context.Context, g *globalOptions, opts pruneOptions) ([]pruneEnt
 		}
 		deleted++
 	}
+	// Multipart uploads that a killed run left (S3): their parts are
+	// stored out of sight of every listing.
+	uploads, err := repo.StaleUploads(ctx, opts.now.Add(-rules.grace), rules.dryRun)
+	for _, u := range uploads {
+		action := "abort"
+		if rules.dryRun {
+			action = "would abort"
+		} else if !u.Aborted {
+			continue
+		}
+		entries = append(entries, pruneEntry{ID: u.Key, Action: action,
+			Reasons: []string{"incomplete multipart upload begun " + u.Initiated.UTC().Format(time.RFC3339) + ", older than --leftover-grace"}})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("prune: %w", err)
+	}
 	log.Info("prune finished", "deleted", deleted, "dry_run", rules.dryRun, "group_by", rules.groupByLabel, "repo", repo.Name())
 	return entries, nil
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/url"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -54,6 +56,10 @@ type restoreOptions struct {
 	// at once (postgres.Restorer.Loaders): restore sets it from
 	// --postgres-parallel; migrate leaves it 0, one transaction.
 	PostgresLoaders int
+
+	// keep lists the paths the volume restore must leave in place: the
+	// folder of a file:// repository (restore sets it from --repo).
+	keep []string
 }
 
 func newRestoreCommand(g *globalOptions) *cobra.Command {
@@ -133,7 +139,11 @@ func (opts restoreOptions) restorers(log *slog.Logger) ([]part[snapshot.Restorer
 				return nil, usageError{fmt.Errorf("restore: --chown: %w", err)}
 			}
 		}
-		parts = append(parts, part[snapshot.Restorer]{"volume", &volume.Restorer{Dir: opts.VolumeTo, Force: opts.Force, Chown: owner, Log: log}})
+		vr := &volume.Restorer{Dir: opts.VolumeTo, Force: opts.Force, Chown: owner, Keep: opts.keep, Log: log}
+		if err := vr.CheckKeep(); err != nil {
+			return nil, usageError{fmt.Errorf("restore: --volume-to: %w", err)}
+		}
+		parts = append(parts, part[snapshot.Restorer]{"volume", vr})
 	}
 	if (opts.MongoNSFrom == "") != (opts.MongoNSTo == "") {
 		return nil, usageErrorf("restore: give both --mongo-ns-from and --mongo-ns-to, or neither")
@@ -174,6 +184,7 @@ func runRestore(ctx context.Context, g *globalOptions, opts restoreOptions, ref 
 		return err
 	}
 	opts.PostgresLoaders = opts.PostgresParallel
+	opts.keep = repoFolder(g.Repo)
 	if err := opts.Profile.applyRestoreProfile(&opts); err != nil {
 		return err
 	}
@@ -282,6 +293,28 @@ func (opts *restoreOptions) addTargetFlags(f *pflag.FlagSet, migrate bool) {
 	f.StringVar(&opts.PostgresTo, "postgres-to", "", "target PostgreSQL database URL (Cloud SQL, PostgreSQL); the role need not be a superuser")
 	f.BoolVar(&opts.PostgresKeepOwners, "postgres-keep-owners", false, "keep owners and privileges (needs a role that may set them)")
 	f.BoolVar(&opts.PostgresClean, "postgres-clean", false, "replace what the target holds in the restored schemas (drops them first, in the restore's one transaction: a failed restore keeps them)")
+}
+
+// repoFolder returns the folder of a file:// repository URL (as storage
+// and gocloud's fileblob read it: the path, relative to the working
+// directory for file://./…), symbolic links resolved, for the volume
+// restore to keep; nil for other schemes.
+func repoFolder(repo string) []string {
+	u, err := url.Parse(repo)
+	if err != nil || u.Scheme != "file" || u.Path == "" {
+		return nil
+	}
+	p := filepath.FromSlash(u.Path)
+	if u.Host == "." {
+		p = strings.TrimPrefix(p, string(filepath.Separator))
+	}
+	if abs, err := filepath.Abs(p); err == nil {
+		p = abs
+	}
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		p = r
+	}
+	return []string{p}
 }
 
 // parseDBMap parses --redis-db-map ("" is no map).

@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -186,6 +189,11 @@ func takeSnapshot(ctx context.Context, g *globalOptions, opts snapshotOptions) (
 	if err != nil {
 		return nil, err
 	}
+	if rel, ok := repoInVolume(g.Repo, opts.Volume); ok {
+		// Backed up into itself, it would grow by itself every run.
+		log.Warn("the repository is inside the volume: it is left out of the snapshot", "volume", opts.Volume, "exclude", rel)
+		opts.Exclude = append(slices.Clone(opts.Exclude), globEscape(rel))
+	}
 	parts, err := opts.dumpers(log)
 	if err != nil {
 		return nil, err
@@ -264,4 +272,43 @@ func takeSnapshot(ctx context.Context, g *globalOptions, opts snapshotOptions) (
 	}
 	log.Info("snapshot committed", "id", m.ID, "stored", snapshot.HumanBytes(m.StoredSize()), "raw", snapshot.HumanBytes(m.RawSize()))
 	return m, nil
+}
+
+// repoInVolume returns the path, relative to volume and slash-separated, of
+// the folder a file:// repository keeps its snapshots in, when that folder
+// is inside volume (symbolic links resolved).
+func repoInVolume(repoURL, volume string) (string, bool) {
+	u, err := url.Parse(repoURL)
+	if err != nil || u.Scheme != "file" || u.Path == "" || volume == "" {
+		return "", false
+	}
+	vol, err := filepath.EvalSymlinks(volume)
+	if err != nil {
+		return "", false
+	}
+	dir := filepath.Join(u.Path, filepath.FromSlash(u.Query().Get("prefix")))
+	if d, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = d
+	} else if d, err := filepath.EvalSymlinks(u.Path); err == nil {
+		dir = filepath.Join(d, filepath.FromSlash(u.Query().Get("prefix"))) // the prefix folder is not made yet
+	}
+	rel, err := filepath.Rel(vol, filepath.Join(dir, "snapshots"))
+	if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		return "", false
+	}
+	// The snapshots folder, not the repository's whole folder: a
+	// repository at the volume's root leaves out only that.
+	return filepath.ToSlash(rel), true
+}
+
+// globEscape quotes the filepath.Match metacharacters of s.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

@@ -2,7 +2,8 @@
 // listens on a free 127.0.0.1 port, forwards every connection to one
 // upstream address in both directions, and on request adds latency, limits
 // bandwidth, resets connections (TCP RST) now, after a number of forwarded
-// bytes, or per connection, and refuses new connections.
+// bytes, or per connection, refuses new connections, and stalls every
+// connection (open, but no byte forwarded).
 //
 // It is imported only by _test.go files. A Proxy is closed by the
 // t.Cleanup that New registers.
@@ -37,7 +38,9 @@ type Proxy struct {
 	refuse     bool
 	resetAfter int64 // bytes left before a one-shot ResetAll; 0: off
 	connLimit  int64 // bytes after which each connection is reset; 0: off
-	closed     bool
+	// unstall is closed when a stall ends; nil when not stalled.
+	unstall chan struct{}
+	closed  bool
 
 	accepted  atomic.Int64
 	refused   atomic.Int64
@@ -140,9 +143,28 @@ func (p *Proxy) Refuse(on bool) {
 	p.mu.Unlock()
 }
 
-// Heal removes latency, the bandwidth limit, armed resets and refusal; open
-// connections stay open.
+// Stall (true) stops forwarding data on every connection, the open ones
+// and new ones (which are still accepted): the sockets stay open and no
+// byte passes in either direction, as when a NAT, a firewall or a load
+// balancer silently drops a flow. Data read meanwhile is held (a little
+// per connection, after which the proxy stops reading) and forwarded, in
+// order, once Stall(false) ends the stall.
+func (p *Proxy) Stall(on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case on && p.unstall == nil:
+		p.unstall = make(chan struct{})
+	case !on && p.unstall != nil:
+		close(p.unstall)
+		p.unstall = nil
+	}
+}
+
+// Heal removes latency, the bandwidth limit, armed resets, refusal and a
+// stall; open connections stay open.
 func (p *Proxy) Heal() {
+	p.Stall(false)
 	p.SetLatency(0)
 	p.SetBandwidth(0)
 	p.ResetAfter(0)
@@ -215,7 +237,7 @@ func (p *Proxy) serve(client net.Conn) {
 		rst(client)
 		return
 	}
-	l := &link{p: p, client: client, up: up}
+	l := &link{p: p, client: client, up: up, dead: make(chan struct{})}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -244,6 +266,7 @@ type link struct {
 	client, up net.Conn
 	counted    int64 // bytes allowed through this link, both directions (under Proxy.mu)
 	once       sync.Once
+	dead       chan struct{} // closed when the link is reset or closed
 	isReset    atomic.Bool
 	// doomed is set (under Proxy.mu) when a reset fault has fired for
 	// this link: nothing more is written to it.
@@ -253,6 +276,7 @@ type link struct {
 // reset closes both sockets with a TCP RST.
 func (l *link) reset() {
 	l.once.Do(func() {
+		close(l.dead)
 		l.isReset.Store(true)
 		l.p.resets.Add(1)
 		rst(l.client)
@@ -263,6 +287,7 @@ func (l *link) reset() {
 // close closes both sockets normally (after both directions ended).
 func (l *link) close() {
 	l.once.Do(func() {
+		close(l.dead)
 		l.client.Close()
 		l.up.Close()
 	})
@@ -302,7 +327,7 @@ func (l *link) pipe(src, dst net.Conn, dir int) {
 			continue // drain, so the reader can end
 		}
 		if c.err != nil {
-			if errors.Is(c.err, io.EOF) && !l.isReset.Load() {
+			if errors.Is(c.err, io.EOF) && !l.isReset.Load() && l.waitStall() {
 				// Pass the half-close on; the other direction goes on.
 				if tc, ok := dst.(*net.TCPConn); ok {
 					_ = tc.CloseWrite()
@@ -328,15 +353,37 @@ func (l *link) pipe(src, dst net.Conn, dir int) {
 // is passed on as a reset to the other.
 func (l *link) abort() {
 	l.once.Do(func() {
+		close(l.dead)
 		rst(l.client)
 		rst(l.up)
 	})
+}
+
+// waitStall waits while the proxy is stalled; false when the link ended
+// meanwhile.
+func (l *link) waitStall() bool {
+	for {
+		l.p.mu.Lock()
+		ch := l.p.unstall
+		l.p.mu.Unlock()
+		if ch == nil {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-l.dead:
+			return false
+		}
+	}
 }
 
 // write writes data to dst in pieces the bandwidth limit allows, and
 // applies the reset faults, letting through exactly the bytes they allow.
 func (l *link) write(dst net.Conn, data []byte, dir int) error {
 	for len(data) > 0 {
+		if !l.waitStall() {
+			return errors.New("faultproxy: connection ended during a stall")
+		}
 		n := l.p.limiter[dir].take(len(data))
 		// How much may pass before a reset fault fires.
 		l.p.mu.Lock()

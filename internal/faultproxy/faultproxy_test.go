@@ -379,3 +379,49 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestFaultProxyStall(t *testing.T) {
+	addr, _ := echoServer(t)
+	p := New(t, addr)
+	c := dial(t, p)
+	if got, err := roundTrip(c, []byte("before")); err != nil || string(got) != "before" {
+		t.Fatalf("before the stall: %q, %v", got, err)
+	}
+	p.Stall(true)
+	// An open connection and a new one: open, but nothing comes back.
+	c2 := dial(t, p)
+	for i, conn := range []net.Conn{c, c2} {
+		if _, err := conn.Write([]byte("during")); err != nil {
+			t.Fatalf("conn %d: write during the stall: %v", i, err)
+		}
+		conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		buf := make([]byte, 16)
+		n, err := conn.Read(buf)
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatalf("conn %d: read during the stall: %q, %v; want a timeout", i, buf[:n], err)
+		}
+	}
+	if s := p.Stats(); s.Active != 2 || s.Resets != 0 {
+		t.Fatalf("stats during the stall: %+v", s)
+	}
+	// Heal ends the stall: what was held arrives, in order.
+	p.Heal()
+	for i, conn := range []net.Conn{c, c2} {
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got := make([]byte, len("during"))
+		if _, err := io.ReadFull(conn, got); err != nil || string(got) != "during" {
+			t.Fatalf("conn %d: after the stall: %q, %v", i, got, err)
+		}
+	}
+	// Close during a stall does not hang.
+	p.Stall(true)
+	c.Write([]byte("x"))
+	done := make(chan struct{})
+	go func() { p.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close hangs during a stall")
+	}
+}

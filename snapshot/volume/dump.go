@@ -63,6 +63,12 @@ func (d *Dumper) Dump(ctx context.Context, out snapshot.StreamWriter) (snapshot.
 	if err != nil {
 		return stats, err
 	}
+	// A restore into this folder that was killed during its final move
+	// left a journal: complete it or put the old tree back first (and say
+	// which), so that a half-restored tree is never archived.
+	if _, err := Recover(root, d.Log); err != nil {
+		return stats, err
+	}
 	dir, err := d.openRoot(root)
 	if err != nil {
 		return stats, err

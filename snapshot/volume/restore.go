@@ -52,16 +52,42 @@ type Restorer struct {
 	Force bool   // allow a non-empty target: its content is replaced once the new tree is in place
 	// Chown, if set, is the owner of every restored entry. Otherwise the
 	// archive's owners are applied when running as root.
-	Chown    *Owner
+	Chown *Owner
+	// Keep lists paths the restore must leave as they are, such as the
+	// folder of the file:// repository it reads. One inside Dir stays in
+	// place (with --force, its parents stay too, their other content is
+	// replaced) and the snapshot's copy of it is not restored; a Dir that
+	// is one of them or inside one is refused before anything is written.
+	Keep     []string
 	Log      *slog.Logger  // warnings (nil = slog.Default())
 	Progress func(n int64) // optional: called with byte counts of file content as it is read
+
+	// afterMove, a test seam, is called after each entry moved by the
+	// final move, with the number moved so far; an error fails the move
+	// there (a panic stops it as a kill would).
+	afterMove func(n int) error
 }
+
+// ErrKeptTarget is returned when the target is, or is inside, a path the
+// Restorer must keep.
+var ErrKeptTarget = errors.New("the target holds the repository being read")
 
 // Restore implements snapshot.Restorer. It extracts into a staging directory
 // inside Dir and moves the entries into place only after the whole stream
-// has been read and verified; on error Dir is left as it was.
+// has been read and verified; on error Dir is left as it was. The final
+// move is journaled: a restore interrupted during it is completed (or, if
+// that fails, undone) by the next Restore or Recover of Dir.
 func (r *Restorer) Restore(ctx context.Context, in snapshot.StreamReader) (_ snapshot.Stats, err error) {
 	log := logger(r.Log)
+	keep, err := r.keptPaths()
+	if err != nil {
+		return nil, err
+	}
+	if fi, serr := os.Stat(r.Dir); serr == nil && fi.IsDir() {
+		if _, err := Recover(r.Dir, log); err != nil {
+			return nil, err
+		}
+	}
 	created, err := prepareTarget(r.Dir, r.Force)
 	if err != nil {
 		return nil, err
@@ -74,25 +100,49 @@ func (r *Restorer) Restore(ctx context.Context, in snapshot.StreamReader) (_ sna
 		return nil, fmt.Errorf("volume: %w", err)
 	}
 	defer dir.Close()
-	var stage string
-	var mtime time.Time // of Dir, put back if Restore fails
-	committed := false
-	defer func() {
-		if err != nil && !committed {
-			r.abandon(dir, stage, created, mtime, log)
-		}
-	}()
 	prev, err := dir.Stat(".")
 	if err != nil {
+		if created {
+			os.Remove(r.Dir)
+		}
 		return nil, fmt.Errorf("volume: %w", err)
 	}
-	mtime = prev.ModTime()
+	t := newTxn(dir, r.Dir, journal{Version: 1, Phase: phaseStaging, OldMode: permBits(prev.Mode()),
+		Old: map[string]time.Time{".": prev.ModTime()}}, log)
+	t.afterMove = r.afterMove
+	staged := false // the journal exists
+	committing := false
+	defer func() {
+		if err == nil || committing {
+			return
+		}
+		if staged {
+			t.discard()
+		} else if t.j.ModeChanged {
+			dir.Chmod(".", t.j.OldMode)
+		}
+		if created {
+			os.Remove(r.Dir)
+		}
+	}()
+	// A read-only target (restored from an archive) is made writable for
+	// the restore, as long as it takes.
+	if prev.Mode()&0o200 == 0 && os.Geteuid() != 0 {
+		if dir.Chmod(".", t.j.OldMode|0o200) == nil {
+			t.j.ModeChanged = true
+		}
+	}
 	staging, err := os.MkdirTemp(r.Dir, stagingPrefix+"*")
 	if err != nil {
 		return nil, fmt.Errorf("volume: create staging directory: %w", err)
 	}
-	stage = filepath.Base(staging)
-	root, err := dir.OpenRoot(stage)
+	t.j.Stage = filepath.Base(staging)
+	t.j.Trash = trashPrefix + strings.TrimPrefix(t.j.Stage, stagingPrefix)
+	staged = true
+	if err := t.write(); err != nil {
+		return nil, err
+	}
+	root, err := dir.OpenRoot(t.j.Stage)
 	if err != nil {
 		return nil, fmt.Errorf("volume: %w", err)
 	}
@@ -108,52 +158,132 @@ func (r *Restorer) Restore(ctx context.Context, in snapshot.StreamReader) (_ sna
 	if err := ctx.Err(); err != nil {
 		return stats, fmt.Errorf("volume: %w", err)
 	}
-	if err := r.commit(dir, stage, log); err != nil {
-		return stats, err
-	}
-	committed = true
 
-	// The staging directory is empty now; removing it changes Dir's mtime,
-	// so attributes come after.
-	if err := dir.Remove(stage); err != nil {
-		log.Warn("volume: cannot remove staging directory", "path", staging, "error", err)
+	// The new tree is complete: from here on an interruption is completed
+	// by the next run.
+	t.j.Keep = existing(dir, keep)
+	t = newTxn(dir, r.Dir, t.j, log)
+	t.afterMove = r.afterMove
+	for p := range t.merge {
+		if fi, err := dir.Lstat(p); err == nil {
+			t.j.Old[p] = fi.ModTime()
+		}
+	}
+	own := r.owner()
+	attrs := func(name string, hdr *tar.Header) dirAttrs {
+		a := dirAttrs{Name: name, Mode: fileMode(hdr), Mtime: hdr.ModTime}
+		a.UID, a.GID, a.Chown = own(hdr)
+		return a
 	}
 	for _, d := range x.topDirs {
-		if err := x.setAttrs(dir, d.name, d.hdr); err != nil {
-			return stats, fmt.Errorf("volume: %w", err)
+		if !t.kept[d.name] {
+			t.j.Attrs = append(t.j.Attrs, attrs(d.name, d.hdr))
 		}
 	}
-	if x.rootHdr == nil {
-		return stats, nil // an archive without a "./" entry
+	if x.rootHdr != nil {
+		t.j.Attrs = append(t.j.Attrs, attrs(".", x.rootHdr))
 	}
-	if err := x.setAttrs(dir, ".", x.rootHdr); err != nil {
-		if !errors.Is(err, fs.ErrPermission) {
-			return stats, fmt.Errorf("volume: %w", err)
+	t.j.Phase = phasePlacing
+	if r.Force {
+		t.j.Phase = phaseTrashing
+	}
+	if err := t.write(); err != nil {
+		return stats, err
+	}
+	committing = true
+	if placed, err := t.run(); err != nil {
+		if placed {
+			return stats, err
 		}
-		log.Warn("volume: cannot apply the archive's owner, mode or mtime to the target", "path", r.Dir, "error", err)
+		if rerr := t.rollback(); rerr != nil {
+			return stats, fmt.Errorf("%w; putting back the previous content failed too (%v): the next restore of %s completes or undoes it", err, rerr, r.Dir)
+		}
+		return stats, err
 	}
 	return stats, nil
 }
 
-// abandon undoes a failed Restore: it removes the staging directory and
-// the target if Restore created it, or else puts back the target's mtime
-// (if known).
-func (r *Restorer) abandon(dir *os.Root, stage string, created bool, mtime time.Time, log *slog.Logger) {
-	if stage != "" {
-		if err := removeAll(dir, stage); err != nil {
-			log.Warn("volume: cannot remove staging directory", "path", filepath.Join(r.Dir, stage), "error", err)
+// CheckKeep returns an error wrapping ErrKeptTarget if Dir is, or is
+// inside, a path of Keep, so that callers can refuse before any component
+// starts.
+func (r *Restorer) CheckKeep() error {
+	_, err := r.keptPaths()
+	return err
+}
+
+// keptPaths returns the paths of Keep inside Dir, relative to it and
+// slash-separated. It refuses a Dir that is one of them or inside one.
+func (r *Restorer) keptPaths() ([]string, error) {
+	if len(r.Keep) == 0 {
+		return nil, nil
+	}
+	target, err := resolvePath(r.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("volume: %w", err)
+	}
+	var rels []string
+	for _, k := range r.Keep {
+		kp, err := resolvePath(k)
+		if err != nil {
+			return nil, fmt.Errorf("volume: %w", err)
+		}
+		rel, err := filepath.Rel(kp, target)
+		if err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+			return nil, fmt.Errorf("volume: %s is inside %s, which the restore must keep (the repository it reads): restore into another folder: %w", r.Dir, kp, ErrKeptTarget)
+		}
+		rel, err = filepath.Rel(target, kp)
+		if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+			continue // outside the target
+		}
+		rels = append(rels, filepath.ToSlash(rel))
+	}
+	return rels, nil
+}
+
+// resolvePath returns the absolute path p with symbolic links resolved, as
+// far as it exists.
+func resolvePath(p string) (string, error) {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", err
+	}
+	var rest []string
+	for {
+		r, err := filepath.EvalSymlinks(abs)
+		if err == nil {
+			return filepath.Join(append([]string{r}, rest...)...), nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return "", err
+		}
+		parent := filepath.Dir(abs)
+		if parent == abs {
+			return "", err
+		}
+		rest = append([]string{filepath.Base(abs)}, rest...)
+		abs = parent
+	}
+}
+
+// existing returns the paths of keep that exist in dir through
+// directories only (not through a symbolic link).
+func existing(dir *os.Root, keep []string) []string {
+	var out []string
+	for _, k := range keep {
+		ok := true
+		for p := path.Dir(k); p != "." && ok; p = path.Dir(p) {
+			fi, err := dir.Lstat(p)
+			ok = err == nil && fi.IsDir()
+		}
+		if _, err := dir.Lstat(k); ok && err == nil && !slices.Contains(out, k) {
+			out = append(out, k)
 		}
 	}
-	if created {
-		os.Remove(r.Dir)
-		return
-	}
-	if mtime.IsZero() {
-		return
-	}
-	if err := dir.Chtimes(".", time.Time{}, mtime); err != nil {
-		log.Warn("volume: cannot restore the target's mtime", "path", r.Dir, "error", err)
-	}
+	return out
+}
+
+func permBits(m fs.FileMode) fs.FileMode {
+	return m & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
 }
 
 // owner returns the function that decides the owner of a restored entry.
@@ -194,69 +324,6 @@ func prepareTarget(dir string, force bool) (created bool, err error) {
 		return false, fmt.Errorf("volume: %s: %w", dir, snapshot.ErrTargetNotEmpty)
 	}
 	return false, nil
-}
-
-// commit moves the staged entries into Dir. With Force, the existing
-// entries are first moved into a trash directory, removed at the end. If a
-// move fails, the moves done are undone.
-func (r *Restorer) commit(dir *os.Root, stage string, log *slog.Logger) (err error) {
-	staged, err := readNames(dir, stage)
-	if err != nil {
-		return err
-	}
-	var trash string
-	var trashed, moved []string
-	defer func() {
-		if err == nil {
-			return
-		}
-		for _, n := range slices.Backward(moved) {
-			if uerr := dir.Rename(n, path.Join(stage, n)); uerr != nil {
-				log.Error("volume: cannot undo restore", "path", n, "error", uerr)
-			}
-		}
-		for _, n := range trashed {
-			if uerr := dir.Rename(path.Join(trash, n), n); uerr != nil {
-				log.Error("volume: cannot put back previous content", "path", n, "trash", trash, "error", uerr)
-			}
-		}
-		if trash != "" {
-			dir.Remove(trash)
-		}
-	}()
-
-	if r.Force {
-		existing, err := readNames(dir, ".")
-		if err != nil {
-			return err
-		}
-		existing = slices.DeleteFunc(existing, func(n string) bool { return n == stage })
-		if len(existing) > 0 {
-			t, err := os.MkdirTemp(r.Dir, trashPrefix+"*")
-			if err != nil {
-				return fmt.Errorf("volume: create trash directory: %w", err)
-			}
-			trash = filepath.Base(t)
-			for _, n := range existing {
-				if err := dir.Rename(n, path.Join(trash, n)); err != nil {
-					return fmt.Errorf("volume: move previous content aside: %w", err)
-				}
-				trashed = append(trashed, n)
-			}
-		}
-	}
-	for _, n := range staged {
-		if err := dir.Rename(path.Join(stage, n), n); err != nil {
-			return fmt.Errorf("volume: move restored entry into place: %w", err)
-		}
-		moved = append(moved, n)
-	}
-	if trash != "" {
-		if err := removeAll(dir, trash); err != nil {
-			log.Warn("volume: cannot remove previous content", "path", filepath.Join(r.Dir, trash), "error", err)
-		}
-	}
-	return nil
 }
 
 // readNames returns the names in directory name of dir.
