@@ -268,6 +268,11 @@ func (d *Dumper) pgDumpArgs(ctx context.Context, src *source, schemas []string) 
 	if err != nil {
 		return nil, err
 	}
+	// Nothing else of the other schemas is dumped: refuse schemas that
+	// depend on it, whose snapshot could not be restored.
+	if err := checkForeignDeps(ctx, src.conn, schemas); err != nil {
+		return nil, err
+	}
 	for _, e := range exts {
 		if e.Elsewhere {
 			logger(d.Log).Info("postgres: the chosen schemas use an extension installed in another schema: its CREATE EXTENSION is in the snapshot",

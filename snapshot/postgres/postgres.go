@@ -31,7 +31,12 @@
 // are chosen, pre-data holds the extensions installed in them and those,
 // installed elsewhere, that their objects depend on (as PostgreSQL records
 // dependencies: a column's type, an index's operator class, a default's
-// function; not the calls inside a PL/pgSQL body).
+// function; not the calls inside a PL/pgSQL body). Dump refuses chosen
+// schemas whose objects depend, as PostgreSQL records it, on other objects
+// of the schemas left out (a column's domain, enum, composite or range
+// type, a function a default, constraint or trigger calls, a table a view
+// reads or a foreign key references, …), naming each: pre-data would not
+// hold them, and the snapshot could not be restored.
 //
 // A table whose pg_relation_size is at least Dumper.SplitBytes is split
 // into up to Dumper.Parallel parts by block ranges (TID range scans,

@@ -249,7 +249,11 @@ func (s *restoreSink) script(name string, sc *scanner) error {
 		if len(missing) > 0 {
 			return nil // read on, to report every missing extension
 		}
-		if _, err := s.conn.Exec(s.ctx, st.text); err != nil {
+		text := st.text
+		if st.isCreatePublic() {
+			text = "CREATE SCHEMA IF NOT EXISTS public"
+		}
+		if _, err := s.conn.Exec(s.ctx, text); err != nil {
 			return fmt.Errorf("postgres: %s: %s: %w", name, st.summary(), err)
 		}
 		run++

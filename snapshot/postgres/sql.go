@@ -73,6 +73,14 @@ func (s *statement) isOwner() bool {
 		t[0] == token{'w', "OWNER"} && t[1] == token{'w', "TO"} && (t[2].kind == 'w' || t[2].kind == 'q')
 }
 
+// isCreatePublic reports whether the statement is CREATE SCHEMA public,
+// which pg_dump writes when public is chosen with --schema, and which fails
+// on a target that has public, as every new database does.
+func (s *statement) isCreatePublic() bool {
+	name, ok := s.name(2)
+	return len(s.head) == 3 && s.words("CREATE", "SCHEMA") && ok && name == "public"
+}
+
 // isACL reports whether the statement grants or revokes privileges.
 func (s *statement) isACL() bool {
 	return s.words("GRANT") || s.words("REVOKE") || s.words("ALTER", "DEFAULT", "PRIVILEGES")
