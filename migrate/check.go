@@ -310,15 +310,8 @@ func (c Mongo) Check(ctx context.Context) error {
 			leftColls++
 			continue
 		}
-		var want, got mongosnap.Digest
-		for i := range p.want {
-			if changes.Parts[ns][i] {
-				leftDocs += p.want[i].Docs
-				continue
-			}
-			want.Merge(p.want[i])
-			got.Merge(p.got[i])
-		}
+		want, got, left := changes.Compare(ns, p.want, p.got)
+		leftDocs += left
 		target := c.targetDB(db) + "." + coll
 		switch {
 		case got.Docs != want.Docs:
