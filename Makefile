@@ -40,12 +40,26 @@ demo: build lab
 	GO=$(GO) internal/demo.sh $(BIN)
 
 # bench compares stackport with the stock tools (tar | zstd, redis-cli --rdb,
-# pg_dump/pg_restore) on the same data and ends with one summary table:
-# operation, data size, throughput, throughput ÷ the stock tool's, peak RSS.
-# BENCH_SIZE_MIB sets the volume tree size (default 1024 and 4096).
+# pg_dump/pg_restore, mongorestore) on the same data and ends with one
+# summary table: operation, data size, throughput, throughput ÷ the stock
+# tool's, peak RSS. BENCH_SIZE_MIB sets the volume tree size (default 1024
+# and 4096). mongorestore is built here only, from the Go module
+# github.com/mongodb/mongo-tools at release MONGO_TOOLS (default 100.10.0),
+# into $(LAB)/bin; when it cannot be, the mongo benchmarks say so and
+# compare with a model of mongorestore instead.
 bench: build lab
 	@command -v pgcopydb >/dev/null || { $$( [ "$$(id -u)" = 0 ] || echo sudo -n ) env DEBIAN_FRONTEND=noninteractive \
 	  apt-get install -y -qq pgcopydb >/dev/null 2>&1 || echo "pgcopydb could not be installed: BenchmarkPostgres skips its comparison"; }
+	@v=$${MONGO_TOOLS:-100.10.0}; [ -x "$(LAB)/bin/mongorestore" ] && [ -f "$(LAB)/bin/.mongorestore.$$v" ] || { \
+	  tmp=$$(mktemp -d); log="$$tmp/log"; \
+	  if ( cd "$$tmp" && \
+	    { $(GO) mod download -json "github.com/mongodb/mongo-tools@$$v" >dl.json || { grep '"Error"' dl.json; false; }; } && \
+	    dir=$$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p' dl.json) && cp -r "$$dir" src && chmod -R u+w src && \
+	    cd src && GOFLAGS=-mod=mod $(GO) build -o "$(LAB)/bin/mongorestore" ./mongorestore/main ) >"$$log" 2>&1; \
+	  then touch "$(LAB)/bin/.mongorestore.$$v"; \
+	  else echo "mongorestore could not be built from github.com/mongodb/mongo-tools@$$v: $$(tail -1 "$$log")"; \
+	    echo "  BenchmarkMongo* compare stackport's restore with a model of mongorestore instead, marked (model) in the table"; fi; \
+	  rm -rf "$$tmp"; }
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./cmd/stackport/
 
 # soak takes 50 snapshots of all four components under write load, with

@@ -22,6 +22,11 @@ const (
 	replayBatchOps   = 1000
 	replayPendingOps = 10000
 	replayBytes      = 16 << 20
+	// ferretBatchOps bounds one bulk write to FerretDB: 1.24 keeps one of
+	// its 100 backend connections per matching statement of an update
+	// command until the command ends, so a command of about 100 updates
+	// waits for a connection forever (found by the replay benchmark).
+	ferretBatchOps = 50
 )
 
 // replayProgress is how often a replay logs its progress.
@@ -327,7 +332,11 @@ func (rp *replayer) hold(ctx context.Context, op replayOp) error {
 	}
 	rp.ops += len(op.models)
 	rp.bytes += op.size
-	if len(b.models) >= replayBatchOps || rp.ops >= replayPendingOps || rp.bytes >= replayBytes {
+	limit := replayBatchOps
+	if rp.s.ferret() {
+		limit = ferretBatchOps
+	}
+	if len(b.models) >= limit || rp.ops >= replayPendingOps || rp.bytes >= replayBytes {
 		return rp.flush(ctx)
 	}
 	return nil

@@ -25,8 +25,9 @@
 // byte for byte.
 //
 // Memory is bounded: a Dumper holds one buffer per collection in flight, a
-// Restorer at most Parallel insert batches of up to 8 MiB (1000 documents)
-// plus the one it fills. Metadata is held for every collection.
+// Restorer at most Parallel insert batches of up to 8 MiB (2000 documents,
+// each sent as up to two insert commands at once) plus the one it fills.
+// Metadata is held for every collection.
 package mongo
 
 import (
@@ -57,9 +58,10 @@ const (
 	// maxMetadataSize bounds one metadata stream.
 	maxMetadataSize = 16 << 20
 
-	// batchBytes and batchDocs bound one insert batch of a Restorer.
+	// batchBytes and batchDocs bound one insert batch of a Restorer
+	// (sent as insertWorkers commands at once: see insert).
 	batchBytes = 8 << 20
-	batchDocs  = 1000
+	batchDocs  = 2000
 
 	// defaultParallel is the default number of collections dumped, or
 	// insert batches sent, at once.

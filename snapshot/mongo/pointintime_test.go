@@ -266,3 +266,41 @@ func TestReplayCommands(t *testing.T) {
 		t.Log(err)
 	})
 }
+
+// TestReplayManyUpdates replays 300 updates of existing documents of one
+// collection into FerretDB, which waits forever on an update command of
+// about 100 matching statements (one backend connection each): the replay
+// bounds its bulk writes there.
+func TestReplayManyUpdates(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, uri := lab.Mongo(t)
+	c := plainCollection("app", "u")
+	var docs, oplog []bson.Raw
+	for i := range 300 {
+		docs = append(docs, marshal(t, bson.D{{Key: "_id", Value: i}, {Key: "n", Value: 0}}))
+		oplog = append(oplog, entry(t, uint32(11+i), "u", "app.u", bson.D{{Key: "$v", Value: 1}, {Key: "$set", Value: bson.D{{Key: "n", Value: i + 1}}}},
+			bson.E{Key: "o2", Value: bson.D{{Key: "_id", Value: i}}}))
+	}
+	store := streamtest.New()
+	writeSnapshot(t, store, []*collection{c}, map[namespace][]bson.Raw{c.ns: docs}, oplog)
+	stats, err := (&Restorer{URI: uri, Log: quiet}).Restore(ctx, store.Reader())
+	if err != nil || stats["oplog_applied"] != 300 {
+		t.Fatalf("restore: %v, %v", stats, err)
+	}
+	cur, err := lab.MongoClient(t, uri).Database("app").Collection("u").Find(ctx, bson.D{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := 0
+	for cur.Next(ctx) {
+		id, _ := cur.Current.Lookup("_id").AsInt64OK()
+		n, _ := cur.Current.Lookup("n").AsInt64OK()
+		if n == id+1 {
+			held++
+		}
+	}
+	if held != 300 {
+		t.Errorf("%d of 300 documents hold their update", held)
+	}
+}

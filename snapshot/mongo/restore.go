@@ -526,8 +526,36 @@ func (s *restorer) stopped(ctx context.Context) error {
 	return errStopped
 }
 
-// insert inserts one batch of documents into coll, unordered.
+// A full batch is sent as insertWorkers insert commands at once, each of
+// at least minInsertDocs documents: more insertion workers per collection
+// than batches in flight, without more documents in memory. A server that
+// takes each command in order on its connection (FerretDB parses a whole
+// command, then writes it in transactions of 100 documents) is kept busy
+// while one command waits for a lock or a disk flush; MongoDB inserts into
+// one collection from several connections at once.
+const (
+	insertWorkers = 2
+	minInsertDocs = 250
+)
+
+// insert inserts one batch of documents into coll, unordered, as up to
+// insertWorkers commands at once.
 func insert(ctx context.Context, coll *mongo.Collection, t namespace, docs []any) error {
+	parts := min(insertWorkers, len(docs)/minInsertDocs)
+	if parts <= 1 {
+		return insertPart(ctx, coll, t, docs)
+	}
+	var g errgroup.Group
+	n := (len(docs) + parts - 1) / parts
+	for part := range slices.Chunk(docs, n) {
+		g.Go(func() error { return insertPart(ctx, coll, t, part) })
+	}
+	return g.Wait()
+}
+
+// insertPart inserts documents into coll with one unordered insert
+// command (the driver splits it at the server's message and batch sizes).
+func insertPart(ctx context.Context, coll *mongo.Collection, t namespace, docs []any) error {
 	_, err := coll.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false).SetBypassDocumentValidation(true))
 	var bwe mongo.BulkWriteException
 	switch {
