@@ -352,8 +352,10 @@ func (rp *replayer) flush(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(parallel(s.r.Parallel))
 	if s.ferret() {
-		// FerretDB 1.x (SQLite) stalls on concurrent updates and deletes
-		// of one database (probed: two bulk writes waited for minutes).
+		// One bulk write at a time: FerretDB 1.24 holds a backend
+		// connection (of 100) per matching update statement until the
+		// command ends (see ferretBatchOps), so commands in parallel
+		// would add up to the limit and wait forever.
 		g.SetLimit(1)
 	}
 	var mu sync.Mutex

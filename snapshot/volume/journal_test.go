@@ -148,17 +148,25 @@ func TestKilledDuringForceMove(t *testing.T) {
 	}
 }
 
-// TestKilledThenRecover: Recover, which a snapshot of the folder is to
-// call first, completes the interrupted restore by itself.
-func TestKilledThenRecover(t *testing.T) {
-	src := buildFixture(t)
+// killedFixture returns a source tree, the snapshot stream of it and a
+// target holding an old tree, for a restore to be killed into.
+func killedFixture(t *testing.T) (src string, data []byte, dst string) {
+	t.Helper()
+	src = buildFixture(t)
 	store, _ := dump(t, &Dumper{Dir: src})
-	data, _ := store.Bytes(streamName)
-	dst := filepath.Join(t.TempDir(), "dst")
+	data, _ = store.Bytes(streamName)
+	dst = filepath.Join(t.TempDir(), "dst")
 	if err := os.Mkdir(dst, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	oldTree(t, dst)
+	return src, data, dst
+}
+
+// TestKilledThenRecover: Recover, which a snapshot of the folder is to
+// call first, completes the interrupted restore by itself.
+func TestKilledThenRecover(t *testing.T) {
+	src, data, dst := killedFixture(t)
 	killedRestore(t, dst, data, 4)
 	msg, err := Recover(dst, quiet)
 	if err != nil || !strings.Contains(msg, "completed") {
@@ -174,14 +182,7 @@ func TestKilledThenRecover(t *testing.T) {
 // the staging folder: the next restore removes the staging folder and says
 // the target keeps its previous content, which is unchanged byte for byte.
 func TestKilledWhileUnpacking(t *testing.T) {
-	src := buildFixture(t)
-	store, _ := dump(t, &Dumper{Dir: src})
-	data, _ := store.Bytes(streamName)
-	dst := filepath.Join(t.TempDir(), "dst")
-	if err := os.Mkdir(dst, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	oldTree(t, dst)
+	_, data, dst := killedFixture(t)
 	before := listing(t, dst)
 	func() {
 		var n int64
@@ -316,15 +317,8 @@ func mtimeOf(t *testing.T, p string) time.Time {
 // restore left half replaced first completes that restore, says so, and
 // archives exactly the new tree.
 func TestKilledThenSnapshot(t *testing.T) {
-	src := buildFixture(t)
-	store, _ := dump(t, &Dumper{Dir: src})
-	data, _ := store.Bytes(streamName)
+	src, data, dst := killedFixture(t)
 	wantNames := tarNames(t, data)
-	dst := filepath.Join(t.TempDir(), "dst")
-	if err := os.Mkdir(dst, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	oldTree(t, dst)
 	killedRestore(t, dst, data, 4)
 	var logs bytes.Buffer
 	again, _ := dump(t, &Dumper{Dir: dst, Log: logTo(&logs)})

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -31,33 +30,6 @@ func TestAsNobodyForceHelper(t *testing.T) {
 	if err := os.WriteFile(os.Getenv("VOLUME_OUT"), out, 0o644); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func runForceAsNobody(t *testing.T, shared, bin string, env ...string) helperResult {
-	t.Helper()
-	outDir, err := os.MkdirTemp(shared, "out-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chown(outDir, nobody, nobody); err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(outDir, "result.json")
-	cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-		bin, "-test.run=^TestAsNobodyForceHelper$", "-test.count=1")
-	cmd.Env = append(os.Environ(), append(env, "VOLUME_FORCE_HELPER=1", "VOLUME_OUT="+out)...)
-	if output, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("helper as nobody: %v\n%s", err, output)
-	}
-	data, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var res helperResult
-	if err := json.Unmarshal(data, &res); err != nil {
-		t.Fatal(err)
-	}
-	return res
 }
 
 // TestForceOverReadOnlyAsNobody: as a user other than root (the Helm
@@ -96,12 +68,12 @@ func TestForceOverReadOnlyAsNobody(t *testing.T) {
 	}
 	dst := filepath.Join(parent, "dst")
 	want := compareOpts{owner: &Owner{UID: nobody, GID: nobody}}
-	if res := runForceAsNobody(t, shared, bin, "VOLUME_DIR="+dst, "VOLUME_TAR="+archive); res.Err != "" {
+	if res := runAsNobody(t, shared, bin, "TestAsNobodyForceHelper", "VOLUME_FORCE_HELPER=1", "VOLUME_DIR="+dst, "VOLUME_TAR="+archive); res.Err != "" {
 		t.Fatalf("first restore as nobody: %s", res.Err)
 	}
 	compareTrees(t, src, dst, want)
 	for i := range 2 {
-		if res := runForceAsNobody(t, shared, bin, "VOLUME_DIR="+dst, "VOLUME_TAR="+archive, "VOLUME_FORCE=1"); res.Err != "" {
+		if res := runAsNobody(t, shared, bin, "TestAsNobodyForceHelper", "VOLUME_FORCE_HELPER=1", "VOLUME_DIR="+dst, "VOLUME_TAR="+archive, "VOLUME_FORCE=1"); res.Err != "" {
 			t.Fatalf("restore --force %d as nobody over the read-only tree: %s", i+1, res.Err)
 		}
 		compareTrees(t, src, dst, want)
@@ -113,7 +85,7 @@ func TestForceOverReadOnlyAsNobody(t *testing.T) {
 	if err := os.WriteFile(bad, data[:len(data)-sparseSize/2], 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if res := runForceAsNobody(t, shared, bin, "VOLUME_DIR="+dst, "VOLUME_TAR="+bad, "VOLUME_FORCE=1"); res.Err == "" {
+	if res := runAsNobody(t, shared, bin, "TestAsNobodyForceHelper", "VOLUME_FORCE_HELPER=1", "VOLUME_DIR="+dst, "VOLUME_TAR="+bad, "VOLUME_FORCE=1"); res.Err == "" {
 		t.Fatal("restore of a truncated archive succeeded")
 	}
 	if after := listing(t, dst); after != before {

@@ -109,9 +109,9 @@ func copyFile(from, to string) error {
 	return dst.Close()
 }
 
-// runAsNobody runs TestAsNobodyHelper as nobody with env and returns its
-// result.
-func runAsNobody(t *testing.T, shared, bin string, env ...string) helperResult {
+// runAsNobody runs the helper test named helper (TestAsNobodyHelper,
+// TestAsNobodyForceHelper) as nobody with env and returns its result.
+func runAsNobody(t *testing.T, shared, bin, helper string, env ...string) helperResult {
 	t.Helper()
 	outDir, err := os.MkdirTemp(shared, "out-")
 	if err != nil {
@@ -122,7 +122,7 @@ func runAsNobody(t *testing.T, shared, bin string, env ...string) helperResult {
 	}
 	out := filepath.Join(outDir, "result.json")
 	cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-		bin, "-test.run=^TestAsNobodyHelper$", "-test.count=1")
+		bin, "-test.run=^"+helper+"$", "-test.count=1")
 	cmd.Env = append(os.Environ(), append(env, "VOLUME_OUT="+out)...)
 	if output, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("helper as nobody: %v\n%s", err, output)
@@ -160,7 +160,7 @@ func TestUnreadable(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	res := runAsNobody(t, shared, bin, "VOLUME_HELPER=dump", "VOLUME_DIR="+src)
+	res := runAsNobody(t, shared, bin, "TestAsNobodyHelper", "VOLUME_HELPER=dump", "VOLUME_DIR="+src)
 	if !strings.Contains(res.Err, filepath.Join(src, "secret.txt")) || !strings.Contains(res.Err, "permission denied") {
 		t.Errorf("dump without SkipUnreadable: error %q, want permission denied naming secret.txt", res.Err)
 	}
@@ -168,7 +168,7 @@ func TestUnreadable(t *testing.T) {
 		t.Error("a failed dump committed its stream")
 	}
 
-	res = runAsNobody(t, shared, bin, "VOLUME_HELPER=dump", "VOLUME_DIR="+src, "VOLUME_SKIP=1")
+	res = runAsNobody(t, shared, bin, "TestAsNobodyHelper", "VOLUME_HELPER=dump", "VOLUME_DIR="+src, "VOLUME_SKIP=1")
 	if res.Err != "" {
 		t.Fatalf("dump with SkipUnreadable: %s", res.Err)
 	}
@@ -202,7 +202,7 @@ func TestRestoreAsNobody(t *testing.T) {
 		t.Fatal(err)
 	}
 	dst := filepath.Join(parent, "dst")
-	res := runAsNobody(t, shared, bin, "VOLUME_HELPER=restore", "VOLUME_DIR="+dst, "VOLUME_TAR="+archive)
+	res := runAsNobody(t, shared, bin, "TestAsNobodyHelper", "VOLUME_HELPER=restore", "VOLUME_DIR="+dst, "VOLUME_TAR="+archive)
 	if res.Err != "" {
 		t.Fatalf("restore as nobody: %s", res.Err)
 	}
@@ -216,7 +216,7 @@ func TestRestoreAsNobody(t *testing.T) {
 		t.Fatal(err)
 	}
 	dst2 := filepath.Join(parent, "dst2")
-	res = runAsNobody(t, shared, bin, "VOLUME_HELPER=restore", "VOLUME_DIR="+dst2, "VOLUME_TAR="+bad)
+	res = runAsNobody(t, shared, bin, "TestAsNobodyHelper", "VOLUME_HELPER=restore", "VOLUME_DIR="+dst2, "VOLUME_TAR="+bad)
 	if !strings.Contains(res.Err, snapshot.ErrCorrupt.Error()) {
 		t.Errorf("restore of a truncated archive: %q, want corrupt", res.Err)
 	}
